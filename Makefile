@@ -1,0 +1,27 @@
+# The README's two commands: `make quickstart` (main job on embedded defaults) and `make test`.
+# Both create .venv and install the package on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup quickstart test test-fast clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+quickstart: setup
+	$(PY) jobs/tune_steps.py --config configs/quickstart.yaml
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf outputs .pytest_cache

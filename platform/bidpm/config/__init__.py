@@ -1,0 +1,168 @@
+"""One typed config from YAML (+ ``key=value`` overrides) to every part of the platform.
+
+>>> cfg = load_config("configs/quickstart.yaml", ["method.time_grid=[0,0.5,1]", "train.epochs=3"])
+>>> cfg.method.step_weights      # resolved to the paper's [1, 0.5, 1]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from .base import ConfigError, Section
+from .data import DataConfig, PhantomConfig, SplitConfig
+from .method import MethodConfig, paper_step_weights
+from .model import ModelConfig
+from .tracking import TrackingConfig
+from .train import TrainConfig
+from .tune import SearchSpaceConfig, TuneConfig
+
+__all__ = [
+    "Config", "ConfigError", "DataConfig", "MethodConfig", "ModelConfig", "PhantomConfig", "SearchSpaceConfig",
+    "SplitConfig", "TrackingConfig", "TrainConfig", "TuneConfig", "apply_overrides", "config_from_dict",
+    "load_config", "paper_step_weights",
+]
+
+
+class Config(Section):
+    """The whole experiment. Relative paths in sections resolve under ``output_dir``."""
+
+    name: str = "bidpm"
+    output_dir: str = "outputs"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _cross(self) -> "Config":
+        self.model.check_levels()
+        if self.model.kind == "unet":
+            f = 2 ** self.model.depth
+            h, w = self.data.image_size
+            if h % f or w % f:
+                raise ValueError(
+                    f"data.image_size: {h}x{w} is not divisible by 2^depth = {f} "
+                    f"(model.channel_mults has {len(self.model.channel_mults)} levels); "
+                    f"use sides divisible by {f} or fewer levels"
+                )
+        return self
+
+    # --- paths -------------------------------------------------------------------------------
+    def resolve_path(self, p: str) -> str:
+        """URIs and absolute paths as given; relative paths under ``output_dir`` (made absolute)."""
+        if "://" in p or os.path.isabs(p):
+            return p
+        return str((Path(self.output_dir) / p).resolve())
+
+    @property
+    def shards_path(self) -> str:
+        return self.resolve_path(self.data.shards_dir)
+
+    @property
+    def storage_path(self) -> str:
+        return self.resolve_path(self.train.storage_path)
+
+    @property
+    def mlflow_uri(self) -> str:
+        uri = self.tracking.tracking_uri
+        if uri:
+            return uri
+        return "sqlite:///" + str((Path(self.output_dir) / "mlflow.db").resolve())
+
+    # --- serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """``section.key -> value`` (lists kept as lists) for MLflow params and tables."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, d: dict[str, Any]) -> None:
+            for k, v in d.items():
+                key = f"{prefix}.{k}" if prefix else k
+                if isinstance(v, dict):
+                    walk(key, v)
+                else:
+                    out[key] = v
+
+        walk("", self.to_dict())
+        return out
+
+
+def _format_validation(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo? see the section's fields in bidpm/config/)"
+        lines.append(f"  {loc or '<root>'}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict) else ""))
+    return "\n".join(lines)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Set ``a.b.c=value`` in a nested dict; values parse as YAML (``[0,0.5,1]``, ``true``, ``1e-4``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=3")
+        key, _, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: empty key segment")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+        node = raw
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {p} is a value, not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
+    """Validate a nested dict; errors name every wrong field and its rule."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, origin)) from None
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()) -> Config:
+    """YAML file (or the embedded defaults when ``path`` is None) + overrides -> validated Config.
+
+    ``MLFLOW_TRACKING_URI`` is read here, once, when the file sets no ``tracking.tracking_uri``.
+    """
+    raw: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (configs live in configs/, e.g. configs/quickstart.yaml)")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections (model, method, data, ...)")
+    overrides = list(overrides)
+    raw = apply_overrides(raw, overrides)
+    if overrides:
+        origin += " + overrides " + " ".join(overrides)
+    if not (raw.get("tracking") or {}).get("tracking_uri") and os.environ.get("MLFLOW_TRACKING_URI"):
+        raw.setdefault("tracking", {})["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
+    return config_from_dict(raw, origin)
