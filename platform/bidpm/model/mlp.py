@@ -1,0 +1,47 @@
+"""MLP velocity field u_theta(x, t) for low-dimensional toy data (paper Fig. 2-3: 8 Gaussians in 2-D)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .unet import TimeLike, broadcast_time
+
+# Fourier features of t: t itself plus sin/cos(pi k t), k = 1..K. The toy grids have up to ~10 steps,
+# so frequencies up to 8 pi separate neighbouring grid times clearly without a learned embedding.
+TIME_FREQS = 8
+TIME_FEATURES = 1 + 2 * TIME_FREQS
+
+
+def time_features(t: Tensor) -> Tensor:
+    """(B,) -> (B, TIME_FEATURES): [t, sin(pi k t), cos(pi k t) for k = 1..TIME_FREQS]."""
+    k = torch.arange(1, TIME_FREQS + 1, device=t.device, dtype=t.dtype)
+    args = math.pi * t[:, None] * k[None, :]
+    return torch.cat([t[:, None], torch.sin(args), torch.cos(args)], dim=1)
+
+
+class MLPVelocity(nn.Module):
+    """u_theta(x, t) = MLP(concat(x, time_features(t))): x (B, D), t (B,) or scalar -> (B, D).
+
+    ``num_layers`` hidden layers of width ``hidden``, each Linear -> SiLU; a linear output layer.
+    """
+
+    def __init__(self, dim: int = 2, hidden: int = 128, num_layers: int = 3) -> None:
+        super().__init__()
+        self.dim = dim
+        layers: list[nn.Module] = []
+        width = dim + TIME_FEATURES
+        for _ in range(num_layers):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        layers.append(nn.Linear(width, dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, t: TimeLike) -> Tensor:
+        """x (B, D), t (B,) / scalar -> (B, D)."""
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"MLPVelocity: expected x of shape (B, {self.dim}) (model.mlp_dim), got {tuple(x.shape)}")
+        t = broadcast_time(t, x.shape[0], x.device).to(x.dtype)
+        return self.net(torch.cat([x, time_features(t)], dim=1))
