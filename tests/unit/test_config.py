@@ -25,7 +25,8 @@ def test_every_config_validates_and_round_trips(path: Path):
     # a header comment tells the user how to launch it (torchtune-style)
     first = path.read_text().splitlines()[0]
     assert first.startswith("#"), f"{path.name}: first line should be a comment with the launch command"
-    assert "python jobs/" in path.read_text() or "make quickstart" in path.read_text()
+    text = path.read_text()
+    assert "python jobs/" in text or "python benchmarks/" in text or "make quickstart" in text
 
 
 def test_paper_weights_default_resolved():
