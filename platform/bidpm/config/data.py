@@ -1,4 +1,4 @@
-"""Dataset and sharding settings (``data:`` section)."""
+"""Dataset and sharding settings (``data:`` section); the pipeline lives in ``bidpm.data``."""
 
 from __future__ import annotations
 
@@ -8,19 +8,35 @@ from pydantic import Field, field_validator, model_validator
 
 from .base import Section
 
+# Modality names each layout knows (file stems). ``csv`` and ``phantom`` add their own below.
+BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
+SYNTHRAD_MODALITIES = ("mr", "ct")
+DEFAULT_MODALITIES = {"brats": ("t1", "t2"), "synthrad": ("mr", "ct"), "csv": ("source", "target")}
+
 
 class PhantomConfig(Section):
     """Generated paired volumes (demos, tests, benchmarks): see ``bidpm.data.phantom``."""
 
     num_subjects: int = Field(12, ge=1)
-    shape: list[int] = Field(default_factory=lambda: [48, 48, 24], description="voxels (x, y, z)")
+    shape: list[int] = Field(default_factory=lambda: [48, 48, 24], description="voxels (x, y, z) in RAS")
     seed: int = 0
     layout: Literal["brats", "synthrad"] = "brats"
     region: Literal["brain", "pelvis"] = "brain"
 
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, v: list[int]) -> list[int]:
+        if len(v) != 3 or any(s < 8 for s in v):
+            raise ValueError("must be [X, Y, Z] with every side >= 8, e.g. [40, 40, 16]")
+        return v
+
 
 class SplitConfig(Section):
-    """Subject-level split: fractions by seed, or explicit subject lists (which win when given)."""
+    """Subject-level split: fractions by seed, or explicit subject lists (which win when given).
+
+    Explicit lists name the ORIGINAL subject ids (folder names / CSV ids). Subjects in no list go to
+    train when ``train_subjects`` is unset, otherwise they are left out (counted in the manifest).
+    """
 
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -33,6 +49,12 @@ class SplitConfig(Section):
     def _sum(self) -> "SplitConfig":
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("data.split: val_fraction + test_fraction must be < 1 (some subjects must train)")
+        seen: dict[str, str] = {}
+        for name in ("train_subjects", "val_subjects", "test_subjects"):
+            for s in getattr(self, name) or []:
+                if s in seen and seen[s] != name:
+                    raise ValueError(f"data.split: subject {s!r} is in both {seen[s]} and {name}; a subject may be in one split only")
+                seen[s] = name
         return self
 
 
@@ -41,27 +63,37 @@ class DataConfig(Section):
 
     ``pairing_ratio`` is applied when shards are *read*: a row is paired iff a stable hash of
     (subject, slice, pairing_seed) falls below the ratio, so 1%, 10%, 50%, 100% share one set of shards
-    and the paired sets are nested.
+    and the paired sets are nested (``bidpm.data.pairing.pair_u``).
+    ``source_modality`` / ``target_modality`` unset take the layout's default (brats t1->t2,
+    synthrad mr->ct, csv source->target; phantom: that of ``phantom.layout``).
     """
 
     layout: Literal["phantom", "brats", "synthrad", "csv"] = "phantom"
-    root: Optional[str] = Field(None, description="input folder (brats/synthrad), CSV file (csv), or where phantoms are written")
+    root: Optional[str] = Field(
+        None,
+        description="input folder (brats: holds BraTS2021_*/; synthrad: the Task1 folder holding brain/ and pelvis/), "
+        "CSV file (csv), or where phantoms are written (phantom; default <output_dir>/phantoms)",
+    )
     shards_dir: str = Field("shards", description="relative paths resolve under output_dir; URIs (s3://, gs://) kept as is")
-    source_modality: str = "t1"
-    target_modality: str = "t2"
+    source_modality: Optional[str] = None
+    target_modality: Optional[str] = None
     region: Literal["brain", "pelvis"] = "brain"
     image_size: list[int] = Field(default_factory=lambda: [32, 32], description="[H, W] of every slice")
     slice_mode: Literal["central", "mask"] = "central"
     num_slices: int = Field(8, ge=1, description="central K slices per volume (paper: 100 brain, 50 pelvis)")
-    mr_percentiles: list[float] = Field(default_factory=lambda: [0.5, 99.5])
-    ct_window: list[float] = Field(default_factory=lambda: [-1024.0, 3000.0])
+    mr_percentiles: list[float] = Field(default_factory=lambda: [0.5, 99.5], description="inside the mask, -> [-1, 1]")
+    ct_window: list[float] = Field(default_factory=lambda: [-1024.0, 3000.0], description="HU clipped then -> [-1, 1]")
+    ct_modalities: list[str] = Field(default_factory=lambda: ["ct"], description="modality names normalised by ct_window")
+    geometry_atol: float = Field(1e-3, gt=0.0, description="max |affine difference| (mm) between a pair's volumes")
     split: SplitConfig = Field(default_factory=SplitConfig)
     pairing_ratio: float = Field(1.0, gt=0.0, le=1.0)
     pairing_seed: int = 0
     pseudonymise: bool = True
-    pseudonym_salt: str = "bidpm"
+    pseudonym_salt: str = Field("bidpm", description="secret in real use: with it, ids can be re-derived; kept out of the manifest")
     skip_bad: bool = False
-    rows_per_file: int = Field(256, ge=1)
+    row_group_rows: int = Field(64, ge=1, description="Parquet row-group size (rows) - the unit readers stream")
+    num_workers: Optional[int] = Field(None, ge=1, description="concurrent ingest tasks; unset = as many as the cluster's CPUs allow")
+    cpus_per_task: float = Field(1.0, gt=0.0)
     phantom: PhantomConfig = Field(default_factory=PhantomConfig)
 
     @field_validator("image_size")
@@ -71,9 +103,45 @@ class DataConfig(Section):
             raise ValueError("must be [H, W] with both sides >= 8, e.g. [32, 32] or [192, 192]")
         return v
 
-    @field_validator("mr_percentiles", "ct_window")
+    @field_validator("mr_percentiles")
     @classmethod
-    def _pair(cls, v: list[float]) -> list[float]:
-        if len(v) != 2 or not v[0] < v[1]:
-            raise ValueError("must be [low, high] with low < high")
+    def _pct(cls, v: list[float]) -> list[float]:
+        if len(v) != 2 or not 0.0 <= v[0] < v[1] <= 100.0:
+            raise ValueError("must be [low, high] percentiles with 0 <= low < high <= 100, e.g. [0.5, 99.5]")
         return v
+
+    @field_validator("ct_window")
+    @classmethod
+    def _window(cls, v: list[float]) -> list[float]:
+        if len(v) != 2 or not v[0] < v[1]:
+            raise ValueError("must be [low, high] HU with low < high, e.g. [-1024, 3000]")
+        return v
+
+    @model_validator(mode="after")
+    def _modalities(self) -> "DataConfig":
+        src, tgt = self.modalities
+        if src == tgt:
+            raise ValueError(f"data.source_modality and data.target_modality are both {src!r}; pick two different modalities")
+        layout = self.phantom.layout if self.layout == "phantom" else self.layout
+        known = {"brats": BRATS_MODALITIES, "synthrad": SYNTHRAD_MODALITIES}.get(layout)
+        if known is not None:
+            for field, m in (("source_modality", src), ("target_modality", tgt)):
+                if m not in known:
+                    raise ValueError(f"data.{field}: {m!r} is not a {layout} modality; choose one of {list(known)}")
+        return self
+
+    @property
+    def modalities(self) -> tuple[str, str]:
+        """(source, target) modality names with the layout defaults filled in."""
+        layout = self.phantom.layout if self.layout == "phantom" else self.layout
+        d_src, d_tgt = DEFAULT_MODALITIES[layout]
+        return (self.source_modality or d_src, self.target_modality or d_tgt)
+
+    @property
+    def reader_layout(self) -> str:
+        """The on-disk layout the readers parse (phantoms are written in a real layout)."""
+        return self.phantom.layout if self.layout == "phantom" else self.layout
+
+    @property
+    def reader_region(self) -> str:
+        return self.phantom.region if self.layout == "phantom" else self.region

@@ -1,0 +1,134 @@
+"""Ingest throughput: the Ray Data pipeline (1 and 2 workers) vs a bare nibabel load-and-slice loop.
+
+    .venv/bin/python benchmarks/ingest.py [--subjects 12] [--shape 96 96 48] [--slices 32] [--size 64]
+
+Prints slices/s, per-worker ratio to the bare loop, and peak RSS (bare loop process; driver; largest
+Ray worker), side by side. The pipeline does more than the bare loop (RAS reorientation, checks,
+normalisation, anti-aliased resize, Parquet write, manifest), so the ratio is the cost of all that
+plus Ray's scheduling. Workers are warmed up on a separate tiny run first (process start + imports
+are a one-off per cluster, not per volume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def bare_loop(root: str, k: int, out: mp.Queue) -> None:
+    """One core: load both volumes with nibabel, take the central k transverse slices."""
+    t = time.perf_counter()
+    n = 0
+    for d in sorted(Path(root).iterdir()):
+        if not d.is_dir():
+            continue
+        for m in ("t1", "t2"):
+            vol = np.asarray(nib.load(d / f"{d.name}_{m}.nii.gz").dataobj, dtype=np.float32)
+            z0 = (vol.shape[2] - k) // 2
+            slices = np.ascontiguousarray(np.moveaxis(vol[:, :, z0:z0 + k], 2, 0))
+            assert slices.shape[0] == k
+        n += k
+    # VmHWM (peak RSS of this process image); ru_maxrss would carry the parent's peak across exec
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    out.put((n, time.perf_counter() - t, hwm / 1024))
+
+
+class RssSampler:
+    """Peak RSS (MiB) of this process and of the largest Ray worker process, sampled every 50 ms."""
+
+    def __init__(self):
+        import psutil
+
+        self.psutil, self.me = psutil, psutil.Process()
+        self.driver = self.worker = 0.0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.driver = max(self.driver, self.me.memory_info().rss / 2**20)
+            for p in self.psutil.process_iter(["name", "cmdline"]):
+                try:
+                    if (p.info["name"] or "").startswith("ray::") or any("default_worker.py" in c for c in (p.info["cmdline"] or [])):
+                        self.worker = max(self.worker, p.memory_info().rss / 2**20)
+                except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+                    pass
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--subjects", type=int, default=12)
+    ap.add_argument("--shape", type=int, nargs=3, default=[96, 96, 48])
+    ap.add_argument("--slices", type=int, default=32)
+    ap.add_argument("--size", type=int, default=64)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bidpm-bench-"))
+    from bidpm.data.phantom import write_phantoms
+
+    t = time.perf_counter()
+    root = write_phantoms(work / "phantoms", args.subjects, args.shape, 0, "brats", "brain")
+    print(f"phantoms: {args.subjects} subjects {args.shape} in {time.perf_counter() - t:.1f}s under {work}")
+    vol_mib = np.prod(args.shape) * 4 / 2**20
+
+    q: mp.Queue = mp.get_context("spawn").Queue()
+    p = mp.get_context("spawn").Process(target=bare_loop, args=(str(root), args.slices, q))
+    p.start()
+    n_bare, t_bare, rss_bare = q.get()
+    p.join()
+
+    import ray
+
+    from bidpm.config import load_config
+    from bidpm.data import prepare_shards
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    base = [f"output_dir={work}", "data.layout=phantom", f"data.root={root}", f"data.phantom.num_subjects={args.subjects}",
+            f"data.phantom.shape={list(args.shape)}", f"data.num_slices={args.slices}", f"data.image_size=[{args.size},{args.size}]",
+            "data.split.val_fraction=0.1", "data.split.test_fraction=0.1"]
+    warm = work / "warm"
+    prepare_shards(load_config(None, [f"output_dir={warm}", "data.phantom.num_subjects=3", "data.phantom.shape=[24,24,10]",
+                                      "data.num_slices=4", "data.image_size=[16,16]", "data.num_workers=2"]))
+    rows = [("bare nibabel loop (1 core)", n_bare, t_bare, 1, rss_bare, 0.0)]
+    for workers in (1, 2):
+        cfg = load_config(None, [*base, f"data.num_workers={workers}", f"data.shards_dir=shards_w{workers}"])
+        with RssSampler() as rss:
+            t = time.perf_counter()
+            path = prepare_shards(cfg)
+            dt = time.perf_counter() - t
+        import json
+
+        n = sum(v["slices"] for v in json.loads(Path(path).read_text())["splits"].values())
+        rows.append((f"ray data pipeline, {workers} worker(s)", n, dt, workers, rss.driver, rss.worker))
+    ray.shutdown()
+
+    bare_rate = n_bare / t_bare
+    print(f"\nvolume size: {vol_mib:.1f} MiB float32 per modality; {args.slices} slices/volume -> {args.size}x{args.size}")
+    print(f"{'run':34s} {'slices':>7s} {'secs':>7s} {'slices/s':>9s} {'x bare':>7s} {'x bare/worker':>13s} {'RSS MiB (proc | max worker)':>28s}")
+    for name, n, dt, w, r1, r2 in rows:
+        rate = n / dt
+        print(f"{name:34s} {n:7d} {dt:7.2f} {rate:9.1f} {rate / bare_rate:7.2f} {rate / bare_rate / w:13.2f} {r1:12.0f} | {r2:6.0f}")
+    print("\nrerun: .venv/bin/python benchmarks/ingest.py " + " ".join(
+        [f"--subjects {args.subjects}", f"--shape {' '.join(map(str, args.shape))}", f"--slices {args.slices}", f"--size {args.size}"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Datasets: layouts, phantoms, slicing/normalisation (pure), and the Ray Data shard pipeline.
+
+``prepare_shards``, ``read_split`` and ``verify_shards`` import Ray lazily (on first use), so pure
+modules (``phantom``, ``layouts``, ``normalise``, ``pairing``) stay importable without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .geometry import rebuild_volume
+from .manifest import DataError, load_manifest, volume_geometry
+from .normalise import denormalise, denormalise_ct, denormalise_mr, normalise
+from .pairing import pair_u, paired_flags
+
+_LAZY = {"prepare_shards", "read_split", "verify_shards", "TRAIN_COLUMNS", "READ_COLUMNS"}
+
+__all__ = [
+    "DataError", "READ_COLUMNS", "TRAIN_COLUMNS", "denormalise", "denormalise_ct", "denormalise_mr", "load_manifest",
+    "normalise", "pair_u", "paired_flags", "prepare_shards", "read_split", "rebuild_volume", "verify_shards",
+    "volume_geometry",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import shards
+
+        return getattr(shards, name)
+    raise AttributeError(f"module 'bidpm.data' has no attribute {name!r}")

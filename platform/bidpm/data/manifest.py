@@ -1,0 +1,139 @@
+"""Versioned shard locations, the manifest, and digests (no Ray here).
+
+Layout of ``cfg.shards_path`` (local folder or object-store URI)::
+
+    <shards>/<config_digest>/CURRENT.json             -> {"version": <input_digest>}, written last
+    <shards>/<config_digest>/<input_digest>/manifest.json   (written after every shard, atomically)
+    <shards>/<config_digest>/<input_digest>/{train,val,test}/<subject>.parquet
+
+``config_digest`` covers every data setting that changes shard content; ``input_digest`` covers the
+input files (location, size, mtime). A changed config or changed inputs therefore land in a new
+folder, never a mix; a folder without ``manifest.json`` is an unfinished run and is never read.
+Why the CURRENT pointer: readers (``load_manifest``, called per epoch) need no listing of the inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Iterable
+
+from . import storage
+from .layouts import SubjectFiles
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT.json"
+PREPARE_HINT = "python jobs/prepare_data.py --config <your config>"
+
+# Data settings that do not change shard content (read-time, scheduling or where the shards live).
+_NOT_CONTENT = {"pairing_ratio", "pairing_seed", "skip_bad", "num_workers", "cpus_per_task", "shards_dir"}
+
+
+class DataError(RuntimeError):
+    """Ingest or reading failed; the message names the file/subject, what is wrong and the fix."""
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def content_settings(cfg) -> dict:
+    """The part of ``cfg.data`` that determines shard content (salt hashed, root resolved)."""
+    d = cfg.data.model_dump(mode="json")
+    for k in _NOT_CONTENT:
+        d.pop(k, None)
+    d["pseudonym_salt"] = hashlib.sha256(cfg.data.pseudonym_salt.encode()).hexdigest()[:16]
+    d["root"] = input_root_location(cfg)
+    d["source_modality"], d["target_modality"] = cfg.data.modalities
+    if cfg.data.layout != "phantom":
+        d.pop("phantom")
+    d["schema_version"] = SCHEMA_VERSION
+    return d
+
+
+def config_digest(cfg) -> str:
+    return _digest(content_settings(cfg))[:16]
+
+
+def input_root_location(cfg) -> str:
+    """Where inputs are read (phantoms: ``data.root`` or ``<output_dir>/phantoms``)."""
+    if cfg.data.root:
+        return cfg.resolve_path(cfg.data.root)
+    if cfg.data.layout == "phantom":
+        return cfg.resolve_path("phantoms")
+    raise DataError(f"data.root is not set for layout {cfg.data.layout!r}; fix: set data.root=/path/to/dataset")
+
+
+def input_digest(subjects: Iterable[SubjectFiles]) -> str:
+    """Digest of each input file's location, size and mtime (cheap: stats only, no reads)."""
+    items = []
+    for s in subjects:
+        for loc in (s.source, s.target, s.mask):
+            if loc is None:
+                continue
+            i = storage.info(loc)
+            items.append([s.subject, loc, i.size, i.mtime_ns])
+    return _digest(sorted(items, key=str))[:16]
+
+
+def pseudonym(subject: str, salt: str, enabled: bool) -> str:
+    """Salted SHA-256 pseudonym ``sub-<16 hex>`` (or a filename-safe copy of the id when disabled)."""
+    if enabled:
+        return "sub-" + hashlib.sha256(f"{salt}|{subject}".encode()).hexdigest()[:16]
+    return re.sub(r"[^A-Za-z0-9._-]", "_", subject)
+
+
+def version_base(cfg) -> str:
+    return storage.join(cfg.shards_path, config_digest(cfg))
+
+
+def redacted_data_config(cfg) -> dict:
+    d = cfg.data.model_dump(mode="json")
+    d["pseudonym_salt"] = "<redacted>"
+    return d
+
+
+def content_digest(files: list[dict]) -> str:
+    """Digest over (path, sha256) of every shard file, sorted by path."""
+    return hashlib.sha256("\n".join(f"{f['path']} {f['sha256']}" for f in sorted(files, key=lambda f: f["path"])).encode()).hexdigest()
+
+
+def manifest_location(cfg) -> str:
+    """The manifest of the current version for this config; raises DataError (with the fix) when absent."""
+    base = version_base(cfg)
+    pointer = storage.join(base, CURRENT)
+    hint = f"run `{PREPARE_HINT}` with the same data settings first"
+    if not storage.is_file(pointer):
+        raise DataError(f"no prepared shards for this data config: {pointer} does not exist; fix: {hint}")
+    version = json.loads(storage.read_bytes(pointer))["version"]
+    loc = storage.join(base, version, MANIFEST)
+    if not storage.is_file(loc):
+        raise DataError(f"manifest missing: {loc} (unfinished or deleted run); fix: {hint}")
+    return loc
+
+
+def read_manifest(location: str) -> dict:
+    m = json.loads(storage.read_bytes(location))
+    if m.get("schema_version") != SCHEMA_VERSION:
+        raise DataError(f"{location}: shard schema version {m.get('schema_version')} != {SCHEMA_VERSION} of this code; fix: rerun jobs/prepare_data.py")
+    return m
+
+
+def load_manifest(cfg) -> dict:
+    """The manifest dict of this config's prepared shards (adds ``location``: the version folder)."""
+    loc = manifest_location(cfg)
+    m = read_manifest(loc)
+    m["location"] = loc[: -len(MANIFEST) - 1]
+    return m
+
+
+def volume_geometry(manifest: dict, subject: str) -> dict:
+    """Per-volume metadata for ``subject`` (pseudonym as in the ``subject`` column): RAS ``shape``,
+    ``affine``, ``spacing``, ``slices`` (RAS z indices of the rows), ``original_axcodes``/``_shape``/
+    ``_affine``, ``image_size`` and ``normalisation`` {source, target} parameters."""
+    try:
+        return manifest["volumes"][subject]
+    except KeyError:
+        raise KeyError(f"subject {subject!r} is not in the manifest ({len(manifest['volumes'])} volumes); use the pseudonymous id from the shards' subject column") from None

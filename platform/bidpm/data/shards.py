@@ -1,0 +1,278 @@
+"""Ray Data pipeline: NIfTI volume pairs -> Parquet slice shards + manifest; and reading them back.
+
+Ingest (``prepare_shards``): the driver discovers the subject table (lists/stats only), assigns
+splits, then ``ray.data.from_items(tasks).map(_ingest_one)`` runs one volume pair per task: read ->
+RAS -> checks -> slices -> Parquet file ``<split>/<subject>.parquet`` written by the task itself.
+Only a small result row per subject (counts, sha256, geometry, or the error) returns to the driver,
+so driver memory is independent of dataset size and a task holds one pair. The manifest is written
+last, atomically; then the CURRENT pointer. Why tasks write their own files instead of
+``Dataset.write_parquet``: the file names are then deterministic (one per subject), so the content
+digest is reproducible and the volume metadata arrives with the rows' file, in the same pass.
+
+Reading (``read_split``): one Ray Data task per shard file listed in the manifest (never a directory
+listing, so stray files are ignored), read with pyarrow, plus a ``paired`` column computed from
+``pair_u`` at read time. Image columns are Arrow fixed-shape tensors: ``iter_torch_batches`` yields
+(B, H, W) float32 tensors. Note: string columns (``subject``) cannot become torch tensors with
+Ray's default collate; pass ``columns=TRAIN_COLUMNS`` (or ``ds.drop_columns(["subject"])``) before
+``iter_torch_batches``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from functools import partial
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from . import storage
+from .layouts import LayoutError, Problem, SubjectFiles, discover
+from .manifest import (
+    CURRENT, MANIFEST, SCHEMA_VERSION, DataError, config_digest, content_digest, input_digest,
+    input_root_location, load_manifest, pseudonym, read_manifest, redacted_data_config, version_base,
+)
+from .pairing import paired_flags
+from .split import SPLITS, assign_splits
+from .volume import SliceSettings, VolumeError, slice_table, write_table
+
+READ_COLUMNS = ("subject", "slice", "source", "target", "mask")
+TRAIN_COLUMNS = ("slice", "source", "target", "mask", "paired")  # all convertible to torch tensors
+_RESULT_KEYS = ("subject", "pseudonym", "split", "file", "rows", "sha256", "meta", "kind", "role", "location", "problem", "fix", "fatal")
+
+
+# --------------------------------------------------------------------------------------------- ingest
+def _result(task: dict, **kw) -> dict:
+    out = {k: "" for k in _RESULT_KEYS}
+    out.update(rows=0, fatal=False, subject=task["subject"], pseudonym=task["pseudonym"], split=task["split"])
+    out.update(kw)
+    return out
+
+
+def _ingest_one(task: dict, settings: SliceSettings, version_dir: str) -> dict:
+    """One subject pair -> one Parquet file. Returns a small result row (never raises for bad input)."""
+    problem = json.loads(task["problem"]) if task["problem"] else None
+    rec = SubjectFiles(task["subject"], task["source"] or None, task["target"] or None, task["mask"] or None,
+                       Problem(**problem) if problem else None)
+    try:
+        table, meta = slice_table(rec, task["pseudonym"], task["split"], settings)
+    except VolumeError as exc:
+        p = exc.problem
+        return _result(task, kind=p.kind, role=p.role, location=p.location, problem=p.problem, fix=p.fix)
+    except Exception as exc:  # an unforeseen reader failure is still a per-subject, skippable problem
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return _result(task, kind="unexpected_error", role="source", location=task["source"], problem=last,
+                       fix="inspect the files of this subject; report a bug if they are valid")
+    rel = f"{task['split']}/{task['pseudonym']}.parquet"
+    try:
+        rows, sha = write_table(table, storage.join(version_dir, rel), settings.row_group_rows)
+    except OSError as exc:
+        return _result(task, kind="unwritable_output", role="output", location=storage.join(version_dir, rel),
+                       problem=f"cannot write ({exc})", fix="set data.shards_dir to a writable location with free space", fatal=True)
+    return _result(task, file=rel, rows=rows, sha256=sha, meta=json.dumps(meta))
+
+
+def _check_writable(location: str) -> None:
+    probe = storage.join(location, f".write-probe-{time.time_ns()}")
+    try:
+        storage.make_dirs(location)
+        storage.write_bytes_atomic(probe, b"ok")
+        fs, path = storage.resolve(probe)
+        fs.delete_file(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"output not writable: {location} ({exc}); fix: set data.shards_dir (or output_dir) to a writable location") from None
+
+
+def _ensure_phantoms(cfg) -> None:
+    from .phantom import write_phantoms  # local: only phantom runs need scipy's filters
+
+    root = input_root_location(cfg)
+    if storage.is_uri(root):
+        raise DataError(f"data.root={root}: phantoms are generated on a local path; fix: use a local data.root for layout=phantom")
+    p = cfg.data.phantom
+    write_phantoms(root, p.num_subjects, p.shape, p.seed, p.layout, p.region)
+
+
+def _run_tasks(tasks: list[dict], settings: SliceSettings, version_dir: str, d) -> list[dict]:
+    import ray
+
+    ds = ray.data.from_items(tasks, override_num_blocks=max(1, len(tasks)))
+    ds = ds.map(
+        partial(_ingest_one, settings=settings, version_dir=version_dir),
+        num_cpus=d.cpus_per_task,
+        concurrency=d.num_workers,
+    )
+    return ds.take_all()
+
+
+def _format_errors(bad: list[dict]) -> str:
+    lines = [
+        f"  subject {r['subject']}: {r['role']} file {r['location']}: {r['problem']}; fix: {r['fix']} [{r['kind']}]"
+        for r in bad
+    ]
+    return "\n".join(lines)
+
+
+def prepare_shards(cfg) -> Path | str:
+    """Build this config's shards (idempotent) and return the manifest's location.
+
+    layout=phantom generates the phantom volumes first (``data.root`` or ``<output_dir>/phantoms``).
+    Same inputs + same data settings: returns the existing manifest without work. Bad inputs stop the
+    run before any manifest (all problems listed at once) unless ``data.skip_bad``, which records them
+    under ``skipped``. Returns a ``Path`` for local shards, the URI string for object stores.
+    """
+    d = cfg.data
+    if d.layout == "phantom":
+        _ensure_phantoms(cfg)
+    root = input_root_location(cfg)
+    src_mod, tgt_mod = d.modalities
+    try:
+        subjects = discover(d.reader_layout, root, src_mod, tgt_mod, d.reader_region)
+        assignment = assign_splits(
+            [s.subject for s in subjects], val_fraction=d.split.val_fraction, test_fraction=d.split.test_fraction,
+            seed=d.split.seed, train_subjects=d.split.train_subjects, val_subjects=d.split.val_subjects,
+            test_subjects=d.split.test_subjects,
+        )
+    except (LayoutError, ValueError) as exc:
+        raise DataError(str(exc)) from None
+    base = version_base(cfg)
+    version = input_digest(subjects)
+    version_dir = storage.join(base, version)
+    manifest_loc = storage.join(version_dir, MANIFEST)
+    _check_writable(cfg.shards_path)
+
+    if storage.is_file(manifest_loc):  # same config, same inputs: nothing to do
+        m = read_manifest(manifest_loc)
+        if m["skipped"] and not d.skip_bad:
+            raise DataError(f"{manifest_loc} was built with data.skip_bad=true and skipped {len(m['skipped'])} subjects; "
+                            "fix: set data.skip_bad=true to use it, or repair the inputs")
+        storage.write_bytes_atomic(storage.join(base, CURRENT), json.dumps({"version": version}).encode())
+        return _as_return(manifest_loc)
+
+    storage.remove_tree(version_dir)  # an unfinished earlier run (no manifest): never trusted, never mixed
+    for split in SPLITS:
+        storage.make_dirs(storage.join(version_dir, split))
+    pseudonyms = {s.subject: pseudonym(s.subject, d.pseudonym_salt, d.pseudonymise) for s in subjects}
+    if len(set(pseudonyms.values())) != len(set(pseudonyms)):
+        raise DataError("two subject ids map to the same file name; fix: make ids unique after replacing characters outside [A-Za-z0-9._-], or set data.pseudonymise=true")
+    tasks = [
+        {"subject": s.subject, "source": s.source or "", "target": s.target or "", "mask": s.mask or "",
+         "problem": json.dumps(s.problem.__dict__) if s.problem else "", "pseudonym": pseudonyms[s.subject],
+         "split": assignment[s.subject]}
+        for s in subjects if assignment[s.subject] is not None
+    ]
+    results = _run_tasks(tasks, SliceSettings.from_data_config(d), version_dir, d)
+    bad = [r for r in results if r["kind"]]
+    fatal = [r for r in bad if r["fatal"]]
+    if fatal or (bad and not d.skip_bad):
+        storage.remove_tree(version_dir)
+        what = "cannot write the shards" if fatal else f"{len(bad)} of {len(results)} subjects have bad input"
+        raise DataError(f"{what}; no manifest written:\n{_format_errors(fatal or bad)}\n"
+                        + ("" if fatal else "set data.skip_bad=true to skip them (they are listed in the manifest)"))
+    good = sorted((r for r in results if not r["kind"]), key=lambda r: r["file"])
+    if not any(r["split"] == "train" for r in good):
+        storage.remove_tree(version_dir)
+        raise DataError(f"no usable training subject in {root}; fix: repair the inputs (see the skipped list) or add subjects")
+    files = [{"path": r["file"], "split": r["split"], "subject": r["pseudonym"], "rows": int(r["rows"]), "sha256": r["sha256"]} for r in good]
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config_digest": config_digest(cfg),
+        "input_digest": version,
+        "config": redacted_data_config(cfg),
+        "layout": d.reader_layout,
+        "source_modality": src_mod,
+        "target_modality": tgt_mod,
+        "image_size": list(d.image_size),
+        "pseudonymised": d.pseudonymise,
+        "columns": {
+            "subject": "string (pseudonym when pseudonymised)", "slice": "int32 (RAS z index)", "split": "string",
+            "source": f"float32 {list(d.image_size)} fixed-shape tensor in [-1, 1]", "target": "same as source",
+            "mask": f"float32 {list(d.image_size)} in {{0, 1}}",
+        },
+        "splits": {
+            s: {"subjects": sum(1 for r in good if r["split"] == s), "slices": sum(int(r["rows"]) for r in good if r["split"] == s)}
+            for s in SPLITS
+        },
+        "unassigned_subjects": sum(1 for s in subjects if assignment[s.subject] is None),
+        "files": files,
+        "volumes": {r["pseudonym"]: json.loads(r["meta"]) for r in good},
+        "skipped": [
+            {"subject": r["pseudonym"], "kind": r["kind"], "role": r["role"], "problem": r["problem"],
+             **({} if d.pseudonymise else {"location": r["location"]})}
+            for r in sorted(bad, key=lambda r: r["pseudonym"])
+        ],
+        "content_digest": content_digest(files),
+    }
+    storage.write_bytes_atomic(manifest_loc, json.dumps(manifest, indent=1).encode())
+    storage.write_bytes_atomic(storage.join(base, CURRENT), json.dumps({"version": version}).encode())
+    return _as_return(manifest_loc)
+
+
+def _as_return(location: str) -> Path | str:
+    return location if storage.is_uri(location) else Path(location)
+
+
+def verify_shards(manifest: dict) -> None:
+    """Recompute every shard file's sha256 against the manifest; raises DataError on a mismatch."""
+    import hashlib
+
+    for f in manifest["files"]:
+        loc = storage.join(manifest["location"], f["path"])
+        if hashlib.sha256(storage.read_bytes(loc)).hexdigest() != f["sha256"]:
+            raise DataError(f"{loc}: content differs from the manifest's sha256; fix: rerun jobs/prepare_data.py into a fresh data.shards_dir")
+
+
+# --------------------------------------------------------------------------------------------- read
+def _add_paired(table: pa.Table, ratio: float, seed: int, keep: Optional[bool], columns: tuple[str, ...]) -> pa.Table:
+    flags = paired_flags(table.column("subject").to_pylist(), table.column("slice").to_numpy(), seed, ratio)
+    table = table.append_column("paired", pa.array(flags, pa.bool_()))
+    if keep is not None:
+        table = table.filter(pa.array(flags == keep))
+    return table.select(list(columns))
+
+
+def _read_files(batch: pa.Table, ratio: float, seed: int, keep: Optional[bool], columns: tuple[str, ...]) -> pa.Table:
+    """One block per shard file (one subject): read it through its pyarrow filesystem, add ``paired``."""
+    import pyarrow.parquet as pq
+
+    tables = []
+    for loc in batch.column("location").to_pylist():
+        fs, path = storage.resolve(loc)
+        with fs.open_input_file(path) as f:
+            tables.append(pq.read_table(f, columns=list(READ_COLUMNS)))
+    return _add_paired(pa.concat_tables(tables), ratio, seed, keep, columns)
+
+
+def read_split(cfg, split: str, paired: Optional[bool] = None, *, columns: Sequence[str] = (*READ_COLUMNS, "paired")):
+    """A lazy ``ray.data.Dataset`` of one split's rows (cheap: no data is read until iterated).
+
+    Columns (default): subject (str), slice (int32), source / target / mask (float32 (H, W) tensors,
+    images in [-1, 1]), paired (bool: ``pair_u(subject, slice, data.pairing_seed) < data.pairing_ratio``).
+    ``paired=True``/``False`` keeps only that subset. ``columns`` selects the output columns (use
+    ``TRAIN_COLUMNS`` for ``iter_torch_batches``, which cannot convert the string ``subject``).
+    """
+    import ray
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    unknown = set(columns) - {*READ_COLUMNS, "paired"}
+    if unknown:
+        raise ValueError(f"unknown columns {sorted(unknown)}; available: {[*READ_COLUMNS, 'paired']}")
+    m = load_manifest(cfg)
+    files = [storage.join(m["location"], f["path"]) for f in m["files"] if f["split"] == split]
+    if not files:
+        field = {"val": "data.split.val_fraction", "test": "data.split.test_fraction"}.get(split, "data.split")
+        raise DataError(f"split {split!r} has no subjects in {m['location']}; fix: raise {field} (or list subjects) and rerun jobs/prepare_data.py")
+    # Why not ray.data.read_parquet: its file-listing stage cost seconds per call here (it is called
+    # per epoch), and the manifest already lists the files; one block per subject file keeps memory
+    # bounded by one subject's slices.
+    ds = ray.data.from_items([{"location": f} for f in files], override_num_blocks=len(files))
+    return ds.map_batches(
+        partial(_read_files, ratio=cfg.data.pairing_ratio, seed=cfg.data.pairing_seed, keep=paired, columns=tuple(columns)),
+        batch_format="pyarrow",
+        batch_size=1,
+    )

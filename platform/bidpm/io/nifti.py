@@ -1,0 +1,179 @@
+"""Read NIfTI volumes defensively and bring them to RAS; write them back with a given geometry.
+
+Why bytes in, not paths: the data layer reads files through pyarrow filesystems (local paths and
+object-store URIs alike) and hands the raw bytes here, so this module needs only numpy + nibabel.
+
+Every failure raises ``NiftiError`` with a ``kind`` (a stable tag the ingest records for skipped
+subjects) and a message naming the file, what is wrong and the fix. Header text fields (descrip,
+aux_file, db_name, intent_name) are never read into a ``Volume``: they can carry patient data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+NIFTI1_HEADER_BYTES = 348
+NIFTI2_HEADER_BYTES = 540
+
+
+class NiftiError(ValueError):
+    """A NIfTI file cannot be used. ``kind`` is a stable tag, e.g. ``corrupt_gzip``, ``non_finite``."""
+
+    def __init__(self, name: str, kind: str, problem: str, fix: str):
+        self.name, self.kind, self.problem, self.fix = name, kind, problem, fix
+        super().__init__(f"{name}: {problem}; fix: {fix}")
+
+
+@dataclass
+class Volume:
+    """A 3-D scalar volume in RAS+ voxel order (closest canonical orientation).
+
+    data: (X, Y, Z) float32, axis 0 -> Right, 1 -> Anterior, 2 -> Superior (transverse slices are
+    ``data[:, :, k]``). affine: 4x4 voxel -> world (mm) of ``data``. ``original_axcodes`` /
+    ``original_shape`` / ``original_affine`` describe the file as stored, so outputs can be put back.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    original_axcodes: tuple[str, str, str]
+    original_shape: tuple[int, int, int]
+    original_affine: np.ndarray
+
+
+def _decompress(raw: bytes, name: str) -> bytes:
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise NiftiError(
+            name, "corrupt_gzip", f"corrupt or truncated gzip stream ({exc})",
+            "re-copy or re-export the file (`gzip -t FILE` confirms the damage)",
+        ) from None
+
+
+def _raw_scaling(data: bytes, nifti2: bool, little: bool) -> tuple[float, float]:
+    """scl_slope / scl_inter as stored (nibabel silently 'fixes' odd values on load, so read the bytes)."""
+    e = "<" if little else ">"
+    if nifti2:
+        return struct.unpack(e + "dd", data[176:192])  # type: ignore[return-value]
+    return struct.unpack(e + "ff", data[112:120])  # type: ignore[return-value]
+
+
+def _check_scaling(slope: float, inter: float, name: str) -> None:
+    # NIfTI: slope 0 or NaN means "unscaled"; otherwise slope and intercept must be finite numbers.
+    if not (slope == 0 or np.isnan(slope)) and (not np.isfinite(slope) or not np.isfinite(inter)):
+        raise NiftiError(name, "bad_scaling", f"odd intensity scaling scl_slope={slope}, scl_inter={inter}", "rewrite the file with finite scl_slope/scl_inter (or 0 = unscaled)")
+
+
+def decode_nifti(raw: bytes, name: str) -> nib.Nifti1Image:
+    """Raw file bytes (.nii or .nii.gz) -> nibabel image; rejects anything that is not single-file NIfTI
+    with a real scalar voxel type and sane scaling."""
+    data = _decompress(raw, name)
+    if len(data) < NIFTI1_HEADER_BYTES:
+        raise NiftiError(name, "not_nifti", f"not a NIfTI file ({len(data)} bytes, shorter than a header)", "point to a .nii or .nii.gz volume")
+    size_le = struct.unpack("<i", data[:4])[0]
+    size_be = struct.unpack(">i", data[:4])[0]
+    if NIFTI1_HEADER_BYTES in (size_le, size_be) and data[344:348] == b"n+1\x00":
+        cls, nifti2, little = nib.Nifti1Image, False, size_le == NIFTI1_HEADER_BYTES
+    elif NIFTI2_HEADER_BYTES in (size_le, size_be) and data[4:8] == b"n+2\x00":
+        cls, nifti2, little = nib.Nifti2Image, True, size_le == NIFTI2_HEADER_BYTES
+    elif data[344:348] == b"ni1\x00":
+        raise NiftiError(name, "not_nifti", "a two-file NIfTI header (.hdr/.img pair)", "convert to single-file .nii.gz (e.g. nibabel or fslchfiletype)")
+    else:
+        raise NiftiError(name, "not_nifti", "not a NIfTI file (no NIfTI-1/2 magic in the header)", "point to a .nii or .nii.gz volume (convert DICOM with dcm2niix)")
+    _check_scaling(*_raw_scaling(data, nifti2, little), name)
+    try:
+        img = cls.from_bytes(data)
+    except Exception as exc:  # nibabel raises several types for malformed headers
+        raise NiftiError(name, "not_nifti", f"unreadable NIfTI header ({type(exc).__name__}: {exc})", "re-export the volume") from None
+    dtype = img.header.get_data_dtype()
+    if dtype.kind not in "iuf" or dtype.fields is not None:
+        raise NiftiError(name, "bad_scaling", f"voxel type {dtype} is not a real scalar (complex/RGB/bool)", "store one real-valued channel (int16/float32)")
+    return img
+
+
+def _spatial_shape(img: nib.Nifti1Image, name: str) -> tuple[int, int, int]:
+    shape = tuple(int(s) for s in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) < 3 or min(shape) <= 1:
+        raise NiftiError(name, "bad_ndim", f"a 2-D image (shape {tuple(img.shape)}), not a 3-D volume", "provide the 3-D volume")
+    if len(shape) > 3:
+        raise NiftiError(name, "bad_ndim", f"a {len(shape)}-D image (shape {tuple(img.shape)}), not a 3-D volume", "extract one 3-D volume (e.g. fslroi / nibabel slicing)")
+    return shape  # type: ignore[return-value]
+
+
+def read_volume(raw: bytes, name: str, *, check_constant: bool = True) -> Volume:
+    """Decode, validate and reorient to RAS. ``name`` is used in messages (file path or URI).
+
+    ``check_constant=False`` for masks (an all-ones mask is valid; emptiness is the caller's check).
+    """
+    img = decode_nifti(raw, name)
+    shape = _spatial_shape(img, name)
+    original_affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(original_affine)) or abs(np.linalg.det(original_affine[:3, :3])) < 1e-12:
+        raise NiftiError(name, "bad_affine", "affine is singular or not finite", "fix the qform/sform (e.g. fslorient)")
+    try:
+        arr = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+    except Exception as exc:
+        raise NiftiError(name, "truncated", f"voxel data unreadable ({type(exc).__name__}: {exc})", "re-copy or re-export the file") from None
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise NiftiError(name, "non_finite", f"{bad} NaN/Inf voxels", "replace them (e.g. with the background value) before ingest")
+    if check_constant and float(arr.max()) == float(arr.min()):
+        raise NiftiError(name, "constant", f"constant volume (every voxel = {float(arr.min())})", "check the export; an empty or blank volume cannot be normalised")
+    ornt = io_orientation(original_affine)
+    ras = apply_orientation(arr, ornt)
+    affine = original_affine @ inv_ornt_aff(ornt, shape)
+    spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    return Volume(
+        data=np.ascontiguousarray(ras, dtype=np.float32),
+        affine=affine,
+        spacing=spacing,  # type: ignore[arg-type]
+        original_axcodes=tuple(nib.aff2axcodes(original_affine)),  # type: ignore[arg-type]
+        original_shape=shape,
+        original_affine=original_affine,
+    )
+
+
+def load_nifti(path: str | os.PathLike) -> Volume:
+    """Local-file convenience around ``read_volume``."""
+    p = Path(path)
+    if not p.is_file():
+        raise NiftiError(str(p), "missing_file", "file does not exist", "check the path")
+    return read_volume(p.read_bytes(), str(p))
+
+
+def from_ras(data_ras: np.ndarray, affine_ras: np.ndarray, axcodes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of the reorientation: RAS (X, Y, Z) array + affine -> array + affine in ``axcodes`` order."""
+    transform = ornt_transform(axcodes2ornt(("R", "A", "S")), axcodes2ornt(tuple(axcodes)))
+    out = apply_orientation(data_ras, transform)
+    affine = np.asarray(affine_ras, dtype=np.float64) @ inv_ornt_aff(transform, data_ras.shape)
+    return np.ascontiguousarray(out), affine
+
+
+def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, dtype: np.dtype | type = np.float32) -> Path:
+    """Write a .nii/.nii.gz with a fresh header (no copied text fields), via a temp name + rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(data).astype(dtype), np.asarray(affine, dtype=np.float64))
+    img.header.set_xyzt_units("mm")
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    suffix = ".nii.gz" if p.name.endswith(".gz") else ".nii"
+    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+    nib.save(img, tmp)
+    os.replace(tmp, p)
+    return p

@@ -1,0 +1,154 @@
+"""Ray Data ingest end to end on tiny phantoms: manifest, idempotence, versions, read-time pairing,
+bad inputs with and without skip_bad, and a run killed before its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bidpm.config import load_config
+from bidpm.data import (TRAIN_COLUMNS, DataError, load_manifest, pair_u, prepare_shards, read_split, verify_shards,
+                        volume_geometry)
+from bidpm.data import shards as shards_mod
+
+pytestmark = pytest.mark.integration
+
+TINY = ["data.layout=phantom", "data.image_size=[16,16]", "data.num_slices=4", "data.phantom.num_subjects=6",
+        "data.phantom.shape=[24,24,10]", "model.channel_mults=[1,2]", "data.split.val_fraction=0.2",
+        "data.split.test_fraction=0.2"]
+
+
+def tiny_cfg(out: Path, *extra: str):
+    return load_config(None, [f"output_dir={out}", *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def prepared(ray_session, tmp_path_factory):
+    cfg = tiny_cfg(tmp_path_factory.mktemp("ingest"))
+    return cfg, prepare_shards(cfg)
+
+
+def test_manifest_contents_and_privacy(prepared):
+    cfg, path = prepared
+    m = load_manifest(cfg)
+    assert path == Path(m["location"]) / "manifest.json" and path.is_file()
+    assert m["splits"]["train"]["subjects"] == 4 and m["splits"]["val"]["subjects"] == 1 and m["splits"]["test"]["subjects"] == 1
+    assert m["splits"]["train"]["slices"] == 16
+    by_split = {s: {f["subject"] for f in m["files"] if f["split"] == s} for s in ("train", "val", "test")}
+    assert not (by_split["train"] & by_split["val"]) and not (by_split["train"] & by_split["test"])
+    g = volume_geometry(m, next(iter(by_split["test"])))
+    assert g["shape"] == [24, 24, 10] and g["slices"] == [3, 4, 5, 6] and g["original_axcodes"] == "LPS"
+    assert g["normalisation"]["source"]["kind"] == "mr_percentile"
+    assert m["config"]["pseudonym_salt"] == "<redacted>"
+    # content digest recomputed independently from the files on disk
+    lines = []
+    for f in sorted(m["files"], key=lambda f: f["path"]):
+        sha = hashlib.sha256((Path(m["location"]) / f["path"]).read_bytes()).hexdigest()
+        lines.append(f"{f['path']} {sha}")
+    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == m["content_digest"]
+    verify_shards(m)
+    # no original subject id anywhere in shards or manifest
+    for p in Path(m["location"]).rglob("*"):
+        if p.is_file():
+            assert b"BraTS2021" not in p.read_bytes(), p
+
+
+def test_rerun_is_noop(prepared):
+    cfg, path = prepared
+    before = (path.read_bytes(), path.stat().st_mtime_ns, sorted(p.stat().st_mtime_ns for p in path.parent.rglob("*.parquet")))
+    assert prepare_shards(cfg) == path
+    after = (path.read_bytes(), path.stat().st_mtime_ns, sorted(p.stat().st_mtime_ns for p in path.parent.rglob("*.parquet")))
+    assert before == after
+
+
+def test_changed_config_writes_new_version(prepared):
+    cfg, path = prepared
+    cfg2 = tiny_cfg(Path(cfg.output_dir), "data.num_slices=3")
+    path2 = prepare_shards(cfg2)
+    assert path2.parent.parent != path.parent.parent and path.is_file()
+    assert load_manifest(cfg2)["splits"]["train"]["slices"] == 12
+    assert load_manifest(cfg)["splits"]["train"]["slices"] == 16  # the old version is untouched
+
+
+def test_read_split_torch_batches(prepared):
+    cfg, _ = prepared
+    ds = read_split(cfg, "train")
+    assert ds.columns() == ["subject", "slice", "source", "target", "mask", "paired"]
+    rows = ds.take(3)
+    assert isinstance(rows[0]["subject"], str) and rows[0]["source"].shape == (16, 16)
+    batches = list(read_split(cfg, "train", columns=TRAIN_COLUMNS).iter_torch_batches(batch_size=5))
+    b = batches[0]
+    assert tuple(b["source"].shape) == (5, 16, 16) and str(b["source"].dtype) == "torch.float32"
+    assert b["paired"].dtype.is_floating_point is False
+    total = sum(len(x["slice"]) for x in batches)
+    assert total == 16
+    assert all(float(x["source"].abs().max()) <= 1.0 for x in batches)
+
+
+def _paired_set(cfg, ratio):
+    c = cfg.model_copy(deep=True)
+    c.data.pairing_ratio = ratio
+    rows = read_split(c, "train", paired=True).select_columns(["subject", "slice"]).take_all()
+    return {(r["subject"], int(r["slice"])) for r in rows}
+
+
+def test_pairing_is_nested_and_matches_pair_u(prepared):
+    cfg, _ = prepared
+    all_rows = {(r["subject"], int(r["slice"])) for r in read_split(cfg, "train").select_columns(["subject", "slice"]).take_all()}
+    sets = {r: _paired_set(cfg, r) for r in (0.1, 0.5, 1.0)}
+    assert sets[0.1] <= sets[0.5] <= sets[1.0] == all_rows
+    assert sets[0.5] == {k for k in all_rows if pair_u(k[0], k[1], cfg.data.pairing_seed) < 0.5}
+    c = cfg.model_copy(deep=True)
+    c.data.pairing_ratio = 0.5
+    unpaired = {(r["subject"], int(r["slice"])) for r in read_split(c, "train", paired=False).select_columns(["subject", "slice"]).take_all()}
+    assert unpaired == all_rows - sets[0.5]
+
+
+def _corrupt_one(cfg) -> str:
+    from bidpm.data.phantom import write_phantoms
+
+    root = Path(cfg.output_dir) / "phantoms"
+    write_phantoms(root, 6, (24, 24, 10), 0, "brats", "brain")
+    bad = root / "BraTS2021_00002" / "BraTS2021_00002_t2.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:100])
+    return str(bad)
+
+
+def test_bad_input_stops_without_manifest_then_skip_bad(ray_session, tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    bad = _corrupt_one(cfg)
+    with pytest.raises(DataError) as e:
+        prepare_shards(cfg)
+    msg = str(e.value)
+    assert "BraTS2021_00002" in msg and bad in msg and "corrupt or truncated gzip" in msg and "skip_bad" in msg
+    assert not list(tmp_path.rglob("manifest.json")) and not list(tmp_path.rglob("*.parquet"))
+    with pytest.raises(DataError, match="jobs/prepare_data.py"):
+        load_manifest(cfg)
+    cfg.data.skip_bad = True
+    m = json.loads(prepare_shards(cfg).read_text())
+    assert len(m["skipped"]) == 1 and m["skipped"][0]["kind"] == "corrupt_gzip"
+    assert m["skipped"][0]["subject"].startswith("sub-") and "location" not in m["skipped"][0]
+    assert sum(v["subjects"] for v in m["splits"].values()) == 5
+
+
+def test_killed_before_manifest_leaves_none(ray_session, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path)
+
+    def killed(files):
+        raise KeyboardInterrupt("simulated kill after the shards, before the manifest")
+
+    monkeypatch.setattr(shards_mod, "content_digest", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_shards(cfg)
+    assert list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob("manifest.json"))
+    with pytest.raises(DataError, match="prepare_data.py"):
+        read_split(cfg, "train")
+    monkeypatch.undo()
+    path = prepare_shards(cfg)  # the unfinished folder is discarded and rebuilt, never mixed
+    m = json.loads(path.read_text())
+    assert len(list(path.parent.rglob("*.parquet"))) == len(m["files"]) == 6
+    assert np.isclose(m["splits"]["train"]["slices"], 16)

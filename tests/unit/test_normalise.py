@@ -1,0 +1,88 @@
+"""Normalisation to [-1, 1] and back; slice picking; anti-aliased resize (pure numpy/torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch.nn.functional as F
+import torch
+
+from bidpm.data.normalise import ct_params, denormalise, denormalise_ct, mr_params, normalise
+from bidpm.data.slicing import central_slices, mask_slices, resize_slices
+
+
+def test_ct_window_maps_to_unit_interval_and_back():
+    hu = np.array([-2000.0, -1024.0, 0.0, 988.0, 3000.0, 5000.0])
+    y = normalise(hu, ct_params([-1024, 3000]))
+    np.testing.assert_allclose(y, [-1.0, -1.0, 2 * 1024 / 4024 - 1, 0.0, 1.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(denormalise_ct(y, (-1024, 3000)), np.clip(hu, -1024, 3000), atol=1e-3)
+
+
+def test_mr_percentiles_inside_mask_match_numpy():
+    rng = np.random.default_rng(0)
+    vol = rng.gamma(2.0, 100.0, (10, 10, 6)).astype(np.float32)
+    mask = np.zeros_like(vol, bool)
+    mask[2:8, 2:8, 1:5] = True
+    vol[~mask] = 0.0  # background must not pull the low percentile
+    p = mr_params(vol, mask, [1.0, 99.0])
+    assert p["low"] == pytest.approx(np.percentile(vol[mask], 1.0))
+    assert p["high"] == pytest.approx(np.percentile(vol[mask], 99.0))
+    y = normalise(vol, p)
+    assert y.min() >= -1 and y.max() <= 1 and y.dtype == np.float32
+    inside = (vol >= p["low"]) & (vol <= p["high"])
+    np.testing.assert_allclose(denormalise(y, p)[inside], vol[inside], rtol=1e-5, atol=1e-3)
+
+
+def test_mr_flat_inside_mask_raises():
+    vol = np.ones((4, 4, 4), np.float32)
+    vol[0] = 5
+    mask = np.zeros_like(vol, bool)
+    mask[1:] = True
+    with pytest.raises(ValueError, match="constant"):
+        mr_params(vol, mask, [0.5, 99.5])
+    with pytest.raises(ValueError, match="empty"):
+        mr_params(vol, np.zeros_like(mask), [0.5, 99.5])
+
+
+def test_central_slices():
+    np.testing.assert_array_equal(central_slices(10, 4), [3, 4, 5, 6])
+    np.testing.assert_array_equal(central_slices(5, 5), range(5))
+    with pytest.raises(ValueError, match="fewer than the 6"):
+        central_slices(5, 6)
+
+
+def test_mask_slices():
+    m = np.zeros((3, 3, 6), bool)
+    m[1, 1, 2] = m[0, 2, 4] = True
+    np.testing.assert_array_equal(mask_slices(m), [2, 4])
+
+
+def test_resize_antialiases_downsampling():
+    # A 1-pixel checkerboard is pure Nyquist: anti-aliased downsampling averages it to ~0,
+    # plain bilinear (no antialias) would alias it into a large-amplitude pattern.
+    x = np.indices((60, 60)).sum(0) % 2 * 2.0 - 1.0  # 60 -> 17: a non-integer factor
+    x = x[None].astype(np.float32)
+    out = resize_slices(x, (17, 17))
+    assert out.shape == (1, 17, 17)
+    assert np.abs(out).max() < 0.05
+    aliased = F.interpolate(torch.from_numpy(x)[None], size=(17, 17), mode="bilinear", align_corners=False, antialias=False)
+    assert aliased.abs().max() > 0.8
+
+
+@pytest.mark.parametrize("shape,size", [((2, 40, 30), (16, 24)), ((1, 20, 20), (32, 48)), ((1, 9, 60), (9, 17))])
+def test_resize_matches_torch_antialiased_bilinear(shape, size):
+    x = np.random.default_rng(2).uniform(-1, 1, shape).astype(np.float32)
+    ref = F.interpolate(torch.from_numpy(x)[:, None], size=size, mode="bilinear", antialias=True, align_corners=False)[:, 0]
+    np.testing.assert_allclose(resize_slices(x, size), ref.numpy(), atol=1e-5)
+
+
+def test_resize_keeps_range_constant_and_mask_binary():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (3, 40, 30)).astype(np.float32)
+    out = resize_slices(x, (16, 24))
+    assert out.min() >= -1 and out.max() <= 1
+    np.testing.assert_allclose(resize_slices(np.full((1, 40, 30), 0.25, np.float32), (16, 16)), 0.25, atol=1e-6)
+    m = (rng.random((2, 40, 30)) > 0.5).astype(np.float32)
+    mo = resize_slices(m, (16, 16), is_mask=True)
+    assert set(np.unique(mo)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(resize_slices(m, (40, 30), is_mask=True), m)  # same size: identity
