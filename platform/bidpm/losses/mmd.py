@@ -66,12 +66,14 @@ def median_heuristic(r2: Tensor) -> Tensor:
     """Median of sqrt(r2) over pairs i < j of a pooled (N, N) squared-distance matrix (no gradient)."""
     n = r2.shape[0]
     iu = torch.triu_indices(n, n, offset=1, device=r2.device)
-    d = _safe_sqrt(r2.detach()[iu[0], iu[1]]).sort().values
-    k = d.numel()
+    d2 = r2.detach()[iu[0], iu[1]]
+    k = d2.numel()
     if k == 0:
         raise ValueError("mmd2: the median bandwidth needs at least 2 points in concat(x, y)")
+    # sqrt is monotone: select order statistics of r^2 in O(k) (kthvalue), then take the root
     mid = k // 2
-    return d[mid] if k % 2 else 0.5 * (d[mid - 1] + d[mid])
+    upper = _safe_sqrt(d2.kthvalue(mid + 1).values)
+    return upper if k % 2 else 0.5 * (_safe_sqrt(d2.kthvalue(mid).values) + upper)
 
 
 def kernel_matrix(r2: Tensor, kernel: str, bandwidths: Sequence[Tensor] | Tensor) -> Tensor:
