@@ -1,0 +1,147 @@
+"""Ray Train overhead: plain single-process PyTorch loop vs one Ray Train worker, and 1 vs 2 workers.
+
+Same model, method, batch, image size and torch threads everywhere. The plain loop runs the same
+step as ``train_loop_per_worker`` (Bi-DPM loss, Adam, grad clipping, EMA) on the same train rows held
+in memory; the Ray runs are the real ``run_training`` (Ray Data streaming, DDP for 2 workers). Step
+times are from the fastest warm epoch (epoch 1 warms up; the fastest is the least disturbed by other
+processes); the Ray figures exclude worker start-up and validation (fit() wall time is shown apart). Target: Ray Train overhead <= 5% per step.
+
+    .venv/bin/python benchmarks/train_overhead.py [--epochs 4] [--image 32] [--batch 8] [--threads 1]
+    .venv/bin/python benchmarks/train_overhead.py --gpu --precision bf16 --image 192 --batch 8   # on a GPU node
+
+On a 2-core laptop the 2-worker row shares the 2 cores with Ray Data and the driver, so expect well
+under 2x there; other processes on the machine skew all rows (rerun on an idle machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import sys
+import tempfile
+import time
+
+import numpy as np
+import ray
+import torch
+
+from bidpm.config import load_config
+from bidpm.data.shards import prepare_shards, read_split
+from bidpm.method import Batch, build_method
+from bidpm.model import EMA, build_velocity_field
+from bidpm.train import run_training
+from bidpm.train.batches import as_images
+
+
+def make_cfg(args: argparse.Namespace, out: str, workers: int):
+    return load_config(None, [
+        f"output_dir={out}", "name=bench",
+        "data.layout=phantom", f"data.image_size=[{args.image},{args.image}]", f"data.num_slices={args.slices}",
+        f"data.phantom.num_subjects={args.subjects}", f"data.phantom.shape=[{args.image + 8},{args.image + 8},{args.slices + 4}]",
+        "data.split.val_fraction=0.1", "data.split.test_fraction=0.1",
+        "model.base_channels=16", "model.channel_mults=[1,2]", "model.groups=8",
+        "method.name=bidpm", "method.paired_distance=l2", "method.time_grid=[0,1]",
+        f"train.num_workers={workers}", f"train.cpus_per_worker={args.cpus_per_worker}",
+        f"train.torch_threads={args.threads}", f"train.batch_size={args.batch}", f"train.epochs={args.epochs}",
+        "train.lr=1e-3", "train.val_batches=1", f"train.run_name=bench-{workers}w", f"train.checkpoint_keep={args.epochs}",
+        f"train.use_gpu={str(args.gpu).lower()}", f"train.precision={args.precision}", "train.gpus_per_worker=1",
+    ])
+
+
+def plain_loop(cfg, epochs: int) -> tuple[float, int]:
+    """Single process: (seconds per step in the last epoch, steps per epoch) on in-memory train rows."""
+    torch.set_num_threads(cfg.train.torch_threads)
+    device = torch.device("cuda" if cfg.train.use_gpu else "cpu")
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16)
+           if device.type == "cuda" and cfg.train.precision != "fp32" else contextlib.nullcontext())
+    rows = read_split(cfg, "train").select_columns(["source", "target"]).take_all()
+    size = tuple(cfg.data.image_size)
+    x_0 = as_images(torch.as_tensor(np.stack([r["source"] for r in rows])), size).to(device)
+    x_1 = as_images(torch.as_tensor(np.stack([r["target"] for r in rows])), size).to(device)
+    torch.manual_seed(cfg.train.seed)
+    model = build_velocity_field(cfg.model, size).to(device)
+    ema = EMA(model, cfg.train.ema_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    method = build_method(cfg.method).to(device)
+    b = cfg.train.batch_size
+    n_steps = x_0.shape[0] // b
+    per_step = float("inf")
+    for epoch in range(epochs):
+        perm = torch.randperm(x_0.shape[0])
+        t0 = time.perf_counter()
+        for s in range(n_steps):
+            idx = perm[s * b : (s + 1) * b]
+            with amp:
+                out = method.loss(model, Batch.fully_paired(x_0[idx], x_1[idx]))
+            opt.zero_grad(set_to_none=True)
+            out.total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            ema.update(model)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if epoch > 0:  # epoch 0 warms up; keep the fastest warm epoch (least disturbed by other processes)
+            per_step = min(per_step, (time.perf_counter() - t0) / n_steps)
+    return per_step, n_steps
+
+
+def ray_run(cfg) -> dict[str, float]:
+    t0 = time.perf_counter()
+    result = run_training(cfg, resume=False)
+    wall = time.perf_counter() - t0
+    df = result.metrics_dataframe.sort_values("epoch").iloc[1:]  # warm epochs (all kept: checkpoint_keep = epochs)
+    best = df.loc[(df["train/epoch_time_s"] / df["train/steps"]).idxmin()]
+    return {
+        "s_per_step": float(best["train/epoch_time_s"] / best["train/steps"]),
+        "images_per_s": float(best["train/images_per_s"]),
+        "steps": int(best["train/steps"]),
+        "wall_s": wall,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image", type=int, default=32)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--subjects", type=int, default=16)
+    p.add_argument("--slices", type=int, default=16)
+    p.add_argument("--cpus-per-worker", type=float, default=0.5)
+    p.add_argument("--gpu", action="store_true", help="workers and the plain loop on CUDA (one GPU per worker)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype on CUDA")
+    args = p.parse_args()
+    ray.init(address="local", num_cpus=min(os.cpu_count() or 2, 8), include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory(prefix="bidpm-bench-") as out:
+        cfg1, cfg2 = make_cfg(args, out, 1), make_cfg(args, out, 2)
+        prepare_shards(cfg1)
+        plain_s, plain_steps = plain_loop(cfg1, args.epochs)
+        r1 = ray_run(cfg1)
+        two = not args.gpu or torch.cuda.device_count() >= 2  # one GPU per worker
+        r2 = ray_run(cfg2) if two else None
+    plain_ips = args.batch / plain_s
+    where = f"CUDA {torch.cuda.get_device_name()} {args.precision}" if args.gpu else f"CPU ({os.cpu_count()} cores)"
+    print()
+    print(f"image {args.image}x{args.image}, batch {args.batch}/worker, torch threads {args.threads}, "
+          f"UNet base 16 [1,2], Bi-DPM N=1 L2, {where}, fastest of epochs 2..{args.epochs}")
+    print(f"{'':28s} {'s/step':>9s} {'images/s':>9s} {'steps/epoch':>12s} {'fit() wall s':>13s}")
+    print(f"{'plain PyTorch loop':28s} {plain_s:9.4f} {plain_ips:9.1f} {plain_steps:12d} {'-':>13s}")
+    print(f"{'Ray Train, 1 worker':28s} {r1['s_per_step']:9.4f} {r1['images_per_s']:9.1f} {r1['steps']:12d} {r1['wall_s']:13.1f}")
+    if r2 is not None:
+        print(f"{'Ray Train, 2 workers (DDP)':28s} {r2['s_per_step']:9.4f} {r2['images_per_s']:9.1f} {r2['steps']:12d} {r2['wall_s']:13.1f}")
+    print()
+    print(f"Ray Train overhead per step (1 worker / plain): {r1['s_per_step'] / plain_s:.3f}x "
+          f"({100 * (r1['s_per_step'] / plain_s - 1):+.1f}%; target <= +5%)")
+    if r2 is not None:
+        print(f"images/s, 2 workers / 1 worker:                 {r2['images_per_s'] / r1['images_per_s']:.3f}x")
+    else:
+        print("images/s, 2 workers / 1 worker:                 n/a (needs 2 GPUs)")
+    print()
+    print("rerun: .venv/bin/python benchmarks/train_overhead.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

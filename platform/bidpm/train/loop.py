@@ -1,0 +1,247 @@
+"""``train_loop_per_worker``: what every Ray Train worker runs, top to bottom.
+
+1. config, rank, device; seed so every rank builds the same initial u_theta
+2. model, EMA (paper 3.2), Adam (paper: lr 1e-4 constant, no schedule), method objective
+3. resume from ``ray.train.get_checkpoint()`` (same run name, or a worker-group restart after a failure):
+   weights, EMA, optimizer, step and finished epochs come back; finished epochs are not redone
+4. DDP via ``ray.train.torch.prepare_model`` (gloo on CPU, NCCL on GPU: Ray picks from ``use_gpu``)
+5. per epoch: stream this worker's shard (batches.py), autocast on CUDA, gradient accumulation and
+   clipping, EMA update after each optimizer step
+6. per epoch: report the averaged loss components and throughput; rank 0 also validates the EMA
+   weights on the whole val split in both directions on the method's own time grid, writes a
+   checkpoint + sample grid and passes it to ``ray.train.report``; other ranks report metrics only
+
+Validation runs on rank 0 over the *whole* val split (the val dataset is not split across workers):
+the numbers do not depend on the worker count, and Tune reads rank 0's metrics anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections import defaultdict
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+import ray.train
+import ray.train.torch
+from bidpm.config import Config, config_from_dict
+from bidpm.method import Method, build_method
+from bidpm.metrics import MetricAccumulator, image_metrics
+from bidpm.model import EMA, build_velocity_field, unwrap_model
+from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, VAL, as_images, worker_batches
+from bidpm.train.checkpoint import load_checkpoint, save_checkpoint
+from bidpm.train.samples import save_sample_grid
+
+DIRECTIONS = ("fwd", "bwd")  # fwd: source -> target (X^f_1), bwd: target -> source (X^b_0); Algorithm 2
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``config``: {"cfg": Config.to_dict(), "manifest_digest": str}."""
+    # 1. config, rank, device, seeds ---------------------------------------------------------------
+    cfg = config_from_dict(config["cfg"], origin="train_loop_config")
+    manifest_digest = config["manifest_digest"]
+    tc = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if tc.torch_threads is not None:
+        torch.set_num_threads(tc.torch_threads)
+    image_size = (cfg.data.image_size[0], cfg.data.image_size[1])
+    torch.manual_seed(tc.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+
+    # 2. model, EMA, method ------------------------------------------------------------------------
+    model = build_velocity_field(cfg.model, image_size)
+    ema = EMA(model, decay=tc.ema_decay, warmup=tc.ema_warmup)
+    method = build_method(cfg.method).to(device)
+    autocast = _autocast(tc.precision, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and tc.precision == "fp16")
+
+    # 3. resume ------------------------------------------------------------------------------------
+    step, done_epochs, opt_state = 0, 0, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint)
+        _check_resumable(state, cfg, manifest_digest)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt_state, step, done_epochs = state["optimizer"], state["step"], state["epoch"]
+        if state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+    resumed_from_step = step
+
+    # 4. DDP + optimizer (built on the prepared model's parameters, state moved to their device) ---
+    model = ray.train.torch.prepare_model(model)
+    ema.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    train_names = [n for n in (ALL_PAIRED, UNPAIRED, PAIRED, UNPAIRED_TARGETS) if _has_dataset(n)]
+
+    # 5. epochs ------------------------------------------------------------------------------------
+    for epoch in range(done_epochs + 1, tc.epochs + 1):
+        _seed_worker(tc.seed, epoch, rank)
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = defaultdict(float)
+        steps_this_epoch, n_micro, images, t_start = 0, 0, 0, time.perf_counter()
+        batches = worker_batches(
+            {n: ray.train.get_dataset_shard(n) for n in train_names},
+            batch_size=tc.batch_size, image_size=image_size, seed=tc.seed, epoch=epoch, rank=rank,
+            shuffle_buffer_rows=tc.shuffle_buffer_rows,
+        )
+        for micro, batch in enumerate(batches):
+            batch = batch.to(device)
+            last_micro = (micro + 1) % tc.grad_accum == 0
+            sync = contextlib.nullcontext() if last_micro or world == 1 else model.no_sync()
+            with sync:
+                with autocast:
+                    out = method.loss(model, batch)
+                scaler.scale(out.total / tc.grad_accum).backward()
+            for k, v in out.components.items():
+                sums[k] += float(v)
+            sums["loss"] += float(out.total.detach())
+            images += batch.source.shape[0]
+            n_micro += 1
+            if not last_micro:
+                continue
+            _maybe_inject_fault(cfg, rank, step + 1, resumed_from_step)
+            if tc.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(model)
+            step += 1
+            steps_this_epoch += 1
+            if tc.max_steps_per_epoch is not None and steps_this_epoch >= tc.max_steps_per_epoch:
+                break
+        seconds = time.perf_counter() - t_start
+
+        # 6. report (+ validation, checkpoint and sample grid on rank 0) ---------------------------
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "step": step,
+            "resumed_from_step": resumed_from_step,
+            "train/steps": steps_this_epoch,
+            "train/epoch_time_s": seconds,
+            # equal shards: every worker streams as many rows, so world x local rate = global rate
+            "train/images_per_s": world * images / max(seconds, 1e-9),
+            **{f"train/{k}": v / max(n_micro, 1) for k, v in sums.items()},
+        }
+        if rank != 0:
+            ray.train.report(metrics)
+            continue
+        with tempfile.TemporaryDirectory(prefix="bidpm-ckpt-") as tmp:
+            val_metrics, shown = validate(method, ema.module, image_size, tc.batch_size, tc.val_batches,
+                                          tc.sample_grid_rows, autocast, device)
+            metrics.update(val_metrics)
+            save_checkpoint(tmp, model=model, ema=ema, optimizer=optimizer, step=step, epoch=epoch, cfg=cfg,
+                            manifest_digest=manifest_digest, scaler=scaler)
+            save_sample_grid(tmp, *shown)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
+
+
+@torch.no_grad()
+def validate(
+    method: Method,
+    ema_model: nn.Module,
+    image_size: tuple[int, int],
+    batch_size: int,
+    max_batches: Optional[int],
+    grid_rows: int,
+    autocast: contextlib.AbstractContextManager,
+    device: torch.device,
+) -> tuple[dict[str, float], tuple[torch.Tensor, ...]]:
+    """EMA weights on the whole val split, both directions, on ``method.time_grid`` (its own step count).
+
+    Returns ``{"val/fwd_ssim_mean", "val/fwd_ssim_std", ..., "val/bwd_mae_std", "val/ssim_mean",
+    "val/psnr_mean", "val/mae_mean", "val/images"}`` - the undirected ``val/<k>_mean`` is the mean of
+    the two directions' means (what Tune optimises) - and the first ``grid_rows`` slices
+    (source, forward synthesis, target, backward synthesis) for the sample grid. SSIM/PSNR/MAE are
+    computed inside the slice mask on [-1, 1] images (data_range 2).
+    """
+    acc = MetricAccumulator()
+    shown: list[list[torch.Tensor]] = [[], [], [], []]
+    n_images = 0
+    val_rows = ray.train.get_dataset_shard(VAL).iter_torch_batches(batch_size=batch_size, dtypes=torch.float32)
+    for i, rows in enumerate(val_rows):
+        if max_batches is not None and i >= max_batches:
+            break
+        x_0 = as_images(rows["source"], image_size).to(device)
+        x_1 = as_images(rows["target"], image_size).to(device)
+        mask = as_images(rows["mask"], image_size).to(device)
+        with autocast:
+            fake_1 = method.sample(ema_model, x_0, direction="forward").float()
+            fake_0 = method.sample(ema_model, x_1, direction="backward").float()
+        acc.update({f"fwd_{k}": v for k, v in image_metrics(fake_1, x_1, data_range=2.0, mask=mask).items()})
+        acc.update({f"bwd_{k}": v for k, v in image_metrics(fake_0, x_0, data_range=2.0, mask=mask).items()})
+        n_images += x_0.shape[0]
+        for keep, t in zip(shown, (x_0, fake_1, x_1, fake_0)):
+            keep.append(t[: max(grid_rows - sum(k.shape[0] for k in keep), 0)].cpu())
+    if n_images == 0:
+        raise ValueError("the val split is empty: raise data.split.val_fraction or list data.split.val_subjects")
+    out = {f"val/{k}": v for k, v in acc.compute().items()}
+    for k in ("ssim", "psnr", "mae"):
+        out[f"val/{k}_mean"] = 0.5 * (out[f"val/fwd_{k}_mean"] + out[f"val/bwd_{k}_mean"])
+    out["val/images"] = n_images
+    return out, tuple(torch.cat(k) for k in shown)
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on CUDA only; CPU (and fp32) run in float32."""
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _seed_worker(seed: int, epoch: int, rank: int) -> None:
+    """Per (seed, epoch, rank) RNG state: ranks differ, reruns and resumed runs repeat each epoch."""
+    s = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+    torch.manual_seed(s)
+    np.random.seed(s)
+
+
+def _has_dataset(name: str) -> bool:
+    try:
+        return ray.train.get_dataset_shard(name) is not None
+    except KeyError:
+        return False
+
+
+def _check_resumable(state: dict[str, Any], cfg: Config, manifest_digest: str) -> None:
+    """Refuse to continue a run on other shards or with another network shape (the weights would not fit)."""
+    if state["manifest_digest"] != manifest_digest:
+        raise ValueError(
+            f"train.run_name={cfg.train.run_name!r}: its latest checkpoint was trained on shards with digest "
+            f"{state['manifest_digest']}, the shards now have {manifest_digest}; pick a new train.run_name "
+            "(or restore the shards it was trained on)"
+        )
+    current = cfg.model.model_dump(mode="json")
+    if state["config"]["model"] != current:
+        raise ValueError(
+            f"train.run_name={cfg.train.run_name!r}: its latest checkpoint has model settings "
+            f"{state['config']['model']}, the config now has {current}; "
+            "pick a new train.run_name to train this model from scratch"
+        )
+
+
+def _maybe_inject_fault(cfg: Config, rank: int, next_step: int, resumed_from_step: int) -> None:
+    """TESTS ONLY (``train.fail_at_step``): hard-kill this worker, as a lost node would.
+
+    It first waits until the controller has committed every checkpoint reported so far (the controller
+    polls workers every ~2 s; a worker dying right after ``report`` could otherwise take its last
+    checkpoint with it), so a test knows exactly which checkpoint the recovery starts from.
+    """
+    fault = cfg.train.fail_at_step
+    if fault is not None and resumed_from_step == 0 and fault.rank == rank and fault.step == next_step:
+        ray.train.get_all_reported_checkpoints(timeout_s=120)
+        print(f"[bidpm test hook] train.fail_at_step: rank {rank} exits before step {next_step}", flush=True)
+        os._exit(1)

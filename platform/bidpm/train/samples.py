@@ -1,0 +1,44 @@
+"""Sample grid PNG for a checkpoint: a quick look at both synthesis directions.
+
+One row per validation slice, six tiles: ``source | forward synthesis | target || target | backward
+synthesis | source``, images in [-1, 1] mapped to grey levels 0..255 (values outside are clipped),
+tiles separated by 2-pixel white lines (4 pixels between the two directions).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch import Tensor
+
+SAMPLES_FILE = "samples.png"
+
+
+def grid_array(source: Tensor, fwd: Tensor, target: Tensor, bwd: Tensor, gap: int = 2) -> np.ndarray:
+    """(K, 1, H, W) tensors in [-1, 1] -> uint8 grid of K rows x 6 tiles (see module docstring)."""
+    k, _, h, w = source.shape
+    tiles_per_row = [source, fwd, target, target, bwd, source]
+    gaps = [gap, gap, 2 * gap, gap, gap]  # wider gap between the forward and the backward triple
+    width = 6 * w + sum(gaps)
+    height = k * h + (k - 1) * gap
+    out = np.full((height, width), 255, dtype=np.uint8)
+    for i in range(k):
+        y = i * (h + gap)
+        x = 0
+        for j, t in enumerate(tiles_per_row):
+            img = t[i, 0].detach().float().cpu().numpy()
+            out[y : y + h, x : x + w] = np.clip((img + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+            x += w + (gaps[j] if j < len(gaps) else 0)
+    return out
+
+
+def save_sample_grid(directory: str | os.PathLike, source: Tensor, fwd: Tensor, target: Tensor, bwd: Tensor) -> Path:
+    """Write ``samples.png`` into ``directory`` (temp name, then renamed); returns its path."""
+    final = Path(directory) / SAMPLES_FILE
+    tmp = final.with_name(final.name + ".tmp")
+    Image.fromarray(grid_array(source, fwd, target, bwd)).save(tmp, format="PNG")
+    os.replace(tmp, final)
+    return final
