@@ -13,12 +13,18 @@ class TrackingConfig(Section):
     """Where runs go and how the registry is moved.
 
     ``tracking_uri`` unset: ``MLFLOW_TRACKING_URI`` when set (read once, at config load), else a SQLite
-    file ``mlflow.db`` in ``output_dir``.
+    file ``mlflow.db`` in ``output_dir``. Promotion compares ``promote_metric`` on the TEST split
+    (both directions), which is never used for model selection.
     """
 
     enabled: bool = True
     tracking_uri: Optional[str] = None
     experiment_name: str = "bidpm"
     registered_model_name: str = "bidpm"
+    register_best: bool = Field(True, description="log + register the best trial's model and run the promotion")
     promote_metric: str = Field("test/ssim_mean", description="higher is better unless promote_mode is min")
     promote_mode: Literal["max", "min"] = "max"
+    log_checkpoints: bool = Field(True, description="each trial's best checkpoint as a run artifact")
+    test_batch_size: int = Field(16, ge=1)
+    test_batches: Optional[int] = Field(None, ge=1, description="cap on test batches (smoke runs); None: the whole split")
+    connect_timeout_s: float = Field(10.0, gt=0.0, description="fail-fast reachability check of an HTTP tracking server")

@@ -8,44 +8,69 @@ from pydantic import Field, model_validator
 
 from .base import Section
 
+_RANGES = ("warp_gamma", "end_weight", "interior_weight", "lambda_unpaired", "mmd_bandwidth_scale", "lr")
+_LOG_RANGES = ("lambda_unpaired", "lr", "warp_gamma", "mmd_bandwidth_scale")
+
 
 class SearchSpaceConfig(Section):
-    """What Optuna may vary (define-by-run; conditional on N and on the pairing ratio)."""
+    """What Optuna may vary (define-by-run; conditional on N and on the pairing ratio).
+
+    Ranges are ``[low, high]``; ``low == high`` fixes the value (nothing is sampled). See
+    ``bidpm.tune.space`` for how each entry becomes config overrides.
+    """
 
     n_steps: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], description="candidate N")
     grid_placement: Literal["uniform", "free", "warp"] = Field(
         "free", description="uniform: t_n = n/N; free: interior points sampled then sorted; warp: t_n = (n/N)^gamma"
     )
+    min_gap: float = Field(0.02, gt=0.0, lt=0.5, description="free placement: smallest allowed t_n - t_{n-1}")
     warp_gamma: list[float] = Field(default_factory=lambda: [0.5, 2.0])
     end_weight: list[float] = Field(default_factory=lambda: [1.0, 1.0], description="[low, high] for w_0 = w_N")
     interior_weight: list[float] = Field(default_factory=lambda: [0.1, 1.0], description="[low, high] for w_1..w_{N-1}")
     lambda_unpaired: list[float] = Field(default_factory=lambda: [0.05, 1.0], description="log-uniform [low, high]")
     mmd_kernels: list[Literal["rbf", "imq", "laplacian"]] = Field(default_factory=lambda: ["rbf", "imq", "laplacian"])
     mmd_bandwidth_scale: list[float] = Field(default_factory=lambda: [0.5, 2.0])
-    lr: Optional[list[float]] = None
-    paired_distances: Optional[list[Literal["lpips", "l2", "l1", "pseudo_huber"]]] = None
+    lr: Optional[list[float]] = Field(None, description="log-uniform [low, high]; unset keeps train.lr")
+    paired_distances: Optional[list[Literal["lpips", "l2", "l1", "pseudo_huber"]]] = Field(
+        None, description="candidates; unset keeps method.paired_distance"
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> "SearchSpaceConfig":
         if not self.n_steps or any(n < 1 for n in self.n_steps):
             raise ValueError("tune.space.n_steps: must list step counts >= 1, e.g. [1, 2]")
-        for name in ("warp_gamma", "end_weight", "interior_weight", "lambda_unpaired", "mmd_bandwidth_scale", "lr"):
+        if len(set(self.n_steps)) != len(self.n_steps):
+            raise ValueError(f"tune.space.n_steps: duplicate entries in {self.n_steps}")
+        for name in _RANGES:
             r = getattr(self, name)
             if r is None:
                 continue
             if len(r) != 2 or r[0] > r[1] or r[0] < 0:
                 raise ValueError(f"tune.space.{name}: must be [low, high] with 0 <= low <= high (got {r})")
-        for name in ("lambda_unpaired", "lr", "warp_gamma", "mmd_bandwidth_scale"):
+        for name in _LOG_RANGES:
             r = getattr(self, name)
             if r is not None and r[0] <= 0:
                 raise ValueError(f"tune.space.{name}: sampled log-uniformly, so low must be > 0 (got {r})")
+        if self.end_weight[1] <= 0:
+            raise ValueError(f"tune.space.end_weight: high must be > 0 so the end points are matched (got {self.end_weight})")
         if not self.mmd_kernels:
             raise ValueError("tune.space.mmd_kernels: list at least one of rbf, imq, laplacian")
+        if self.paired_distances is not None and not self.paired_distances:
+            raise ValueError("tune.space.paired_distances: list at least one, or leave it unset")
+        if self.grid_placement == "free" and max(self.n_steps) * self.min_gap > 1.0:
+            raise ValueError(
+                f"tune.space.min_gap: {self.min_gap} x {max(self.n_steps)} steps does not fit in [0, 1]; lower min_gap or N"
+            )
         return self
 
 
 class TuneConfig(Section):
-    """Study size, scheduler and objective."""
+    """Study size, scheduler, objective, per-trial resources and resume.
+
+    Each trial is one Ray Train run (``train.num_workers`` workers with ``train.cpus_per_worker`` /
+    ``train.gpus_per_worker``, fractional GPUs allowed); ``trial_cpus`` is what the trial's own driver
+    function holds on top of that.
+    """
 
     experiment_name: str = "bidpm-tune"
     num_samples: int = Field(8, ge=1)
@@ -53,7 +78,9 @@ class TuneConfig(Section):
     metric: str = Field("val/ssim_mean", description="reported metric to optimise")
     mode: Literal["max", "min"] = "max"
     seed: int = 0
-    asha_grace_period: int = Field(1, ge=1)
+    scheduler: Literal["asha", "fifo"] = Field("asha", description="asha: early-stop weak trials; fifo: run all to the end")
+    asha_grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
     asha_reduction_factor: float = Field(2.0, gt=1.0)
     trial_cpus: float = Field(0.25, gt=0.0, description="CPU held by the trial driver itself (workers ask for their own)")
+    resume: bool = Field(True, description="same experiment_name: restore and run only the unfinished part")
     space: SearchSpaceConfig = Field(default_factory=SearchSpaceConfig)

@@ -1,0 +1,103 @@
+"""A Tune callback (driver side) that mirrors every trial into a nested MLflow run.
+
+Driver side on purpose: trials run in actors that may sit on nodes without access to the
+tracking store's credentials, and results already arrive at the driver. Holds only plain state
+(config dict, URIs, run ids), so Tune can pickle it into the experiment checkpoint and a restored
+study keeps writing to the same parent and child runs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from ray.tune import Callback
+
+from .. import tracking
+from ..config import config_from_dict
+from .space import apply_to, overrides_of
+
+
+class MLflowTrialCallback(Callback):
+    """on_trial_start: child run (params, resolved config, lineage tags); on_trial_result: per-epoch
+    metrics; on_trial_complete/error: the trial's best checkpoint + its sample grid, run status."""
+
+    def __init__(self, base_cfg: dict[str, Any], experiment_id: str, parent_run_id: str, tags: dict[str, str],
+                 manifest: dict[str, Any]) -> None:
+        self.base_cfg = base_cfg
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.tags = tags
+        self.manifest = {"content_digest": tracking.manifest_digest(manifest)}
+        self.runs: dict[str, str] = {}                       # trial_id -> MLflow run id
+        self.best: dict[str, tuple[float, Optional[str]]] = {}   # trial_id -> (objective, checkpoint path)
+        self._client: Any = None
+
+    # Tune pickles callbacks into the experiment state: keep the client out of it.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_client"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._client = None
+
+    def get_state(self) -> Optional[dict]:
+        return {"runs": dict(self.runs), "best": dict(self.best)}
+
+    def set_state(self, state: dict) -> None:
+        self.runs.update(state.get("runs", {}))
+        self.best.update(state.get("best", {}))
+
+    @property
+    def cfg(self):
+        return config_from_dict(self.base_cfg, origin="study config")
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client, _ = tracking.connect(self.cfg)
+        return self._client
+
+    def _run_id(self, trial: Any) -> str:
+        if trial.trial_id not in self.runs:
+            cfg = apply_to(self.cfg, overrides_of(trial.config))
+            run_id = tracking.trial_run(self.client, self.experiment_id, self.parent_run_id, cfg.tune.experiment_name,
+                                        trial.trial_id, str(trial), cfg, self.tags)
+            tracking.log_dataset(self.client, run_id, cfg, self.manifest)
+            self.runs[trial.trial_id] = run_id
+        return self.runs[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._run_id(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        run_id = self._run_id(trial)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        tracking.log_metrics(self.client, run_id, {k: v for k, v in result.items() if "/" in k or k == "epoch"}, step)
+        cfg = self.cfg
+        value = result.get(cfg.tune.metric)
+        if isinstance(value, (int, float)) and not math.isnan(value):
+            old = self.best.get(trial.trial_id)
+            better = old is None or (value > old[0] if cfg.tune.mode == "max" else value < old[0])
+            if better:
+                self.best[trial.trial_id] = (float(value), result.get("checkpoint_path"))
+
+    def _finish(self, trial: Any, status: str) -> None:
+        run_id = self._run_id(trial)
+        best = self.best.get(trial.trial_id)
+        if best is not None:
+            self.client.set_tag(run_id, "bidpm.best_objective", f"{best[0]:.6f}")
+            ckpt = best[1]
+            if ckpt and Path(ckpt).is_dir():
+                if self.cfg.tracking.log_checkpoints:
+                    self.client.log_artifacts(run_id, ckpt, "best_checkpoint")
+                for png in sorted(Path(ckpt).glob("*.png")):
+                    self.client.log_artifact(run_id, str(png), "sample_grid")
+        self.client.set_terminated(run_id, status=status)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "FAILED")

@@ -1,0 +1,241 @@
+"""Run a study: Ray Tune + OptunaSearch (TPE, seeded) + ASHA, one Ray Train run per trial.
+
+Ray 2.60 (Train V2): ``Tuner(trainer)`` is gone, so each trial is a Tune *function* trainable that
+builds and fits its own ``TorchTrainer`` (``bidpm.train.run_training``) with
+``ray.tune.integration.ray_train.TuneReportCallback`` forwarding the workers' per-epoch reports to
+Tune. The trial function only coordinates, so ``tune.with_resources`` gives it a small CPU share
+(``tune.trial_cpus``); its Train workers reserve their own CPUs/GPUs (``train.*``).
+
+Resume: the experiment lives in ``<storage_path>/<tune.experiment_name>``. Rerunning with the same
+name restores it (``Tuner.restore``: searcher + scheduler state, finished trials kept, unfinished
+ones continued from their Train checkpoints). When the whole study (including registration) has
+finished, its ``study.json`` exists and the study is reported, not rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import ray
+from ray import tune
+from ray.tune import RunConfig, TuneConfig, Tuner
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from .. import tracking
+from ..config import Config, config_from_dict
+from .callback import MLflowTrialCallback
+from .space import apply_to, define_by_run, overrides_of
+from .summary import best_row, format_table, plot_summary, trial_row
+
+STUDY_FILE = "study.json"
+BEST_CONFIG_FILE = "best_config.yaml"
+REPO_DIR = Path(__file__).resolve().parents[3]
+
+
+@dataclass
+class StudyResult:
+    """What a study produced (also written to ``<experiment dir>/study.json``)."""
+
+    experiment_dir: str
+    rows: list[dict[str, Any]]
+    best_trial: Optional[str]
+    best_config_path: Optional[str]
+    parent_run_id: Optional[str]
+    model_version: Optional[str]
+    promotion: Optional[dict[str, Any]]
+    reused: bool = False                 # True: a finished study was reported, nothing ran
+
+    def table(self) -> str:
+        return format_table(self.rows, self.best_trial)
+
+
+def connect_ray() -> None:
+    """Join RAY_ADDRESS / the job's cluster, or start a local Ray, shipping ``bidpm`` to every worker.
+
+    ``py_modules`` uploads the package, so cluster nodes need only the dependencies installed (a
+    ``ray job submit --working-dir`` upload alone would not put ``platform/`` on the workers' path).
+    """
+    if ray.is_initialized():
+        return
+    ray.init(runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]}, log_to_driver=False)  # trial errors still reach Tune's table
+
+
+def experiment_dir(cfg: Config) -> str:
+    return cfg.storage_path.rstrip("/") + "/" + cfg.tune.experiment_name
+
+
+def _trial(config: dict[str, Any], base_cfg: dict[str, Any], datasets: Optional[dict[str, Any]]) -> None:
+    """One trial: the study config + this trial's overrides -> one Ray Train run (resumable by name)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ..train import run_training
+
+    cfg = apply_to(config_from_dict(base_cfg, origin="study config"), overrides_of(config))
+    trial_id = tune.get_context().get_trial_id()
+    run_training(cfg, callbacks=[TuneReportCallback()], resume=True, name=f"train_{trial_id}",
+                 storage_path=experiment_dir(cfg) + "/train_runs", datasets=datasets)
+
+
+def trial_name(trial: Any) -> str:
+    """Short trial names/folders (Tune's default puts the whole config in the folder name)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _scheduler(cfg: Config):
+    if cfg.tune.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=min(cfg.tune.asha_grace_period, cfg.train.epochs),
+                         reduction_factor=cfg.tune.asha_reduction_factor)
+
+
+def _searcher(cfg: Config):
+    """TPE (seeded) over the define-by-run space; TuneConfig.max_concurrent_trials limits concurrency."""
+    return OptunaSearch(define_by_run(cfg), metric=cfg.tune.metric, mode=cfg.tune.mode, seed=cfg.tune.seed,
+                        study_name=cfg.tune.experiment_name)
+
+
+def _rows(results: Any, cfg: Config) -> list[dict[str, Any]]:
+    rows = []
+    for r in sorted(results, key=lambda r: r.path or ""):
+        trial_id = os.path.basename(r.path or "?").split("_")[1] if r.path and "_" in os.path.basename(r.path) else "?"
+        df = r.metrics_dataframe
+        history = df.to_dict("records") if df is not None and len(df) else ([r.metrics] if r.metrics else [])
+        if r.metrics and r.metrics.get("trial_id"):
+            trial_id = r.metrics["trial_id"]
+        rows.append(trial_row(trial_id, overrides_of(r.config or {}), history, cfg.tune.metric, cfg.tune.mode,
+                              cfg.train.epochs, error=r.error is not None))
+    return rows
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def load_finished(cfg: Config) -> Optional[StudyResult]:
+    """The finished study's record, or None when it has not finished (or never ran)."""
+    f = Path(experiment_dir(cfg)) / STUDY_FILE
+    if "://" in str(f) or not f.is_file():
+        return None
+    d = json.loads(f.read_text())
+    return StudyResult(**{**d, "reused": True})
+
+
+def run_study(cfg: Config, *, print_fn=print) -> StudyResult:
+    """The whole study: fail-fast checks, Tune, MLflow runs, best config, registry promotion.
+
+    Needs a connected Ray and prepared shards. Order: tracking store reachable and registry name
+    compatible (before any trial); finished study -> report and return; then trials.
+    """
+    client = exp_id = None
+    if cfg.tracking.enabled:
+        client, exp_id = tracking.connect(cfg)
+        if cfg.tracking.register_best:
+            tracking.check_registry(client, cfg)
+    from ..data.shards import load_manifest
+
+    manifest = load_manifest(cfg)
+    exp_dir = experiment_dir(cfg)
+    local = "://" not in exp_dir
+
+    if cfg.tune.resume:
+        done = load_finished(cfg)
+        if done is not None:
+            print_fn(f"study {cfg.tune.experiment_name!r} already finished ({exp_dir}); reporting it, nothing rerun "
+                     f"(choose a new tune.experiment_name or set tune.resume=false to run again)")
+            return done
+    elif local and Path(exp_dir).exists():
+        shutil.rmtree(exp_dir)
+
+    parent = None
+    callbacks: list[Any] = []
+    if client is not None:
+        tags = {"bidpm.git_commit": tracking.git_commit(REPO_DIR), "bidpm.ray_job_id": tracking.ray_job_id(),
+                "bidpm.manifest_digest": tracking.manifest_digest(manifest)}
+        if not cfg.tune.resume:
+            prior = tracking.find_run(client, exp_id, {tracking.TAG_STUDY: cfg.tune.experiment_name, tracking.TAG_ROLE: "study"})
+            if prior:
+                client.set_tag(prior, tracking.TAG_STUDY, cfg.tune.experiment_name + "@replaced")
+        parent, resumed = tracking.study_run(client, exp_id, cfg, tags)
+        if not resumed:
+            tracking.log_dataset(client, parent, cfg, manifest)
+        callbacks.append(MLflowTrialCallback(cfg.to_dict(), exp_id, parent, tags, manifest))
+
+    from ..train import build_datasets
+
+    datasets = build_datasets(cfg)                  # one read (materialised) shared by every trial
+    trainable = tune.with_resources(tune.with_parameters(_trial, base_cfg=cfg.to_dict(), datasets=datasets),
+                                    {"cpu": cfg.tune.trial_cpus})
+    if cfg.tune.resume and Tuner.can_restore(exp_dir):
+        print_fn(f"restoring study {cfg.tune.experiment_name!r} from {exp_dir}: finished trials kept, unfinished resumed")
+        tuner = Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = Tuner(
+            trainable,
+            tune_config=TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, search_alg=_searcher(cfg),
+                                   scheduler=_scheduler(cfg), num_samples=cfg.tune.num_samples,
+                                   max_concurrent_trials=cfg.tune.max_concurrent_trials,
+                                   trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+            run_config=RunConfig(name=cfg.tune.experiment_name, storage_path=cfg.storage_path, callbacks=callbacks,
+                                 verbose=1),
+        )
+    results = tuner.fit()
+
+    rows = _rows(results, cfg)
+    best = best_row(rows, cfg.tune.mode)
+    out = StudyResult(exp_dir, rows, best["trial"] if best else None, None, parent, None, None)
+    print_fn(out.table())
+    if best is None:
+        raise RuntimeError(f"no trial of {cfg.tune.experiment_name!r} reported {cfg.tune.metric} with a checkpoint; "
+                           f"see the trial logs under {exp_dir}")
+    best_cfg = apply_to(cfg, best["overrides"])
+    best_cfg.train.run_name = f"{cfg.tune.experiment_name}-best"
+    if local:
+        path = Path(exp_dir) / BEST_CONFIG_FILE
+        _write_atomic(path, f"# best trial {best['trial']} of study {cfg.tune.experiment_name} "
+                            f"({cfg.tune.metric} = {best['objective']:.4f})\n"
+                            f"# retrain: python jobs/train.py --config {path}\n" + best_cfg.to_yaml())
+        out.best_config_path = str(path)
+        print_fn(f"best trial {best['trial']}: {cfg.tune.metric} = {best['objective']:.4f}; config: {path}")
+
+    if client is not None:
+        _track_study(client, cfg, best_cfg, parent, rows, best, out, print_fn)
+    if local:
+        _write_atomic(Path(exp_dir) / STUDY_FILE, json.dumps({k: v for k, v in out.__dict__.items() if k != "reused"},
+                                                             indent=1, default=str))
+    return out
+
+
+def _track_study(client: Any, cfg: Config, best_cfg: Config, parent: str, rows: list[dict[str, Any]],
+                 best: dict[str, Any], out: StudyResult, print_fn) -> None:
+    """Parent-run summary (table, plot, best config) and the registry step for the best trial."""
+    import tempfile
+
+    client.log_text(parent, out.table(), "summary/trials.txt")
+    tracking.log_json(client, parent, rows, "summary/trials.json")
+    client.log_text(parent, best_cfg.to_yaml(), "summary/best_config.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        client.log_artifact(parent, str(plot_summary(rows, cfg.tune.metric, cfg.tune.mode, Path(tmp) / "summary.png")), "summary")
+    tracking.set_tags(client, parent, {"bidpm.best_trial": best["trial"], "bidpm.best_objective": f"{best['objective']:.6f}"})
+    best_run = tracking.find_run(client, client.get_run(parent).info.experiment_id,
+                                 {tracking.TAG_STUDY: cfg.tune.experiment_name, tracking.TAG_TRIAL: best["trial"]})
+    if cfg.tracking.register_best:
+        run_id = best_run or parent
+        model_uri = tracking.log_model(best_cfg, run_id, best["checkpoint_path"])
+        scores = tracking.evaluate_model(model_uri, best_cfg, "test")          # test split: never used to select
+        tracking.log_metrics(client, parent, scores, step=0)
+        version = tracking.register(client, best_cfg, model_uri, run_id,
+                                    {"bidpm.study": cfg.tune.experiment_name, "bidpm.trial_id": best["trial"],
+                                     "bidpm.git_commit": client.get_run(parent).data.tags.get("bidpm.git_commit", "unknown")})
+        decision = tracking.promote(client, best_cfg, version, challenger_scores=scores)
+        tracking.set_tags(client, parent, {"bidpm.registered_version": version, **tracking.decision_tags(decision)})
+        out.model_version, out.promotion = version, decision.__dict__
+        print_fn(decision.describe())
+    client.set_terminated(parent, status="FINISHED")
