@@ -29,7 +29,8 @@ __all__ = [
 
 
 class Config(Section):
-    """The whole experiment. Relative paths in sections resolve under ``output_dir``."""
+    """The whole experiment. ``output_dir`` is made absolute against the directory the config is loaded
+    in; relative paths in sections resolve under it."""
 
     name: str = "bidpm"
     output_dir: str = "outputs"
@@ -42,6 +43,10 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross(self) -> "Config":
+        # Absolute once, at load: Tune trials and Ray workers run in other working directories, where
+        # a relative output_dir would silently point somewhere else.
+        if "://" not in self.output_dir and not os.path.isabs(self.output_dir):
+            object.__setattr__(self, "output_dir", str(Path(self.output_dir).resolve()))
         self.model.check_levels()
         if self.model.kind == "unet":
             f = 2 ** self.model.depth
