@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import itertools
+import json
+import math
 import statistics
 import sys
 import time
@@ -146,15 +147,39 @@ def run_asha(args, seed: int) -> tuple[list[dict[str, Any]], float]:
     return rows, time.time() - t0
 
 
+def load_grid_cache(path: Path, epochs: int) -> tuple[list[dict[str, Any]], float] | None:
+    """The cached grid result when it is complete and well-formed for ``epochs``, else None (rerun).
+
+    A cache is trusted only if it parses, covers every point of ``all_points()`` once and every row
+    ran all ``epochs`` with a finite mse; anything else (interrupted write from an older version,
+    edited file, changed space) is ignored with a note, and the grid runs again.
+    """
+    if not path.is_file():
+        return None
+    try:
+        rows, secs = json.loads(path.read_text())
+        keys = sorted((r["n_steps"], r["gamma"], r["w_int"]) for r in rows)
+        ok = (keys == sorted((q["n_steps"], q["gamma"], q["w_int"]) for q in all_points())
+              and all(int(r["epochs"]) == epochs and math.isfinite(float(r["mse"])) for r in rows))
+        if ok:
+            return rows, float(secs)
+    except (ValueError, TypeError, KeyError) as exc:
+        print(f"note: ignoring unreadable grid cache {path} ({exc.__class__.__name__}: {exc}); rerunning the grid")
+        return None
+    print(f"note: grid cache {path} does not match the current space/epochs; rerunning the grid")
+    return None
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=9)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=9, help="epochs per trial (ASHA max_t; every grid config runs them all)")
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per epoch")
     p.add_argument("--samples", type=int, default=12, help="ASHA trials per seed")
     p.add_argument("--reduction-factor", type=float, default=3.0)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="TPE seeds, one ASHA search each")
     p.add_argument("--tol", type=float, default=0.02, help="relative tolerance on the grid's best objective")
-    p.add_argument("--storage", default=str(Path("outputs/bench_asha").resolve()))
+    p.add_argument("--storage", default=str(Path("outputs/bench_asha").resolve()),
+                   help="Tune storage folder; also holds the grid cache grid_rows_e<epochs>_s<steps>.json")
     args = p.parse_args()
 
     import ray
@@ -162,12 +187,15 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "platform")}})
     cache = Path(args.storage) / f"grid_rows_e{args.epochs}_s{args.steps}.json"   # the grid is deterministic
-    if cache.is_file():
-        grid_rows, grid_s = json.loads(cache.read_text())
+    cached = load_grid_cache(cache, args.epochs)
+    if cached is not None:
+        grid_rows, grid_s = cached
     else:
+        from bidpm.data.storage import write_bytes_atomic
+
         grid_rows, grid_s = run_grid(args)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps([grid_rows, grid_s]))
+        write_bytes_atomic(str(cache), json.dumps([grid_rows, grid_s]).encode())
     grid_cost = sum(r["epochs"] for r in grid_rows)
     best = min(grid_rows, key=lambda r: r["mse"])
     target = best["mse"] * (1 + args.tol)

@@ -20,8 +20,8 @@ image size and modalities must match the model's).
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -110,11 +110,12 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
-def write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Unique temp name beside ``path`` + rename (``bidpm.data.storage``): never a partial file."""
+    from bidpm.data.storage import write_bytes_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
+    write_bytes_atomic(str(path), data)
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -145,8 +146,10 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    write_atomic(path, buf.getvalue())
 
 
 def main() -> int:
@@ -190,7 +193,7 @@ def main() -> int:
     if args.json == "-":
         print(json.dumps(result, indent=2))
     elif args.json:
-        write_atomic(Path(args.json), lambda p: Path(p).write_text(json.dumps(result, indent=2)))
+        write_atomic(Path(args.json), json.dumps(result, indent=2).encode())
         print(f"wrote {args.json}")
     if args.plot:
         plot(rows, Path(args.plot), f"{what} - {args.split} split, {n} slices ({src}<->{tgt})")

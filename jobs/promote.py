@@ -17,13 +17,13 @@ from bidpm.cli import job_parser, parse_job_args, run_main  # noqa: E402
 
 
 def main() -> int:
-    parser = job_parser(__doc__.splitlines()[0])
+    parser = job_parser(__doc__)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--version", help="registered model version to consider")
     which.add_argument("--alias", help="or the version carrying this alias (e.g. challenger)")
     cfg, args = parse_job_args(__doc__, parser=parser)
     from bidpm import tracking
-    from bidpm.tune.launch import connect_ray
+    from bidpm.raycluster import connect_ray
 
     try:
         client, _ = tracking.connect(cfg)

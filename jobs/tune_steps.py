@@ -7,7 +7,9 @@ trial in MLflow; register the best model and promote it if it beats the champion
 Rerunning the same command (same tune.experiment_name) resumes an interrupted study and reports a
 finished one without rerunning it. Phantom data (data.layout=phantom) is generated and sharded on
 first use. Connects to the Ray cluster named by RAY_ADDRESS (or the job's cluster), else starts a
-local Ray; the bidpm package is shipped to every worker in the runtime env.
+local Ray; the bidpm package is shipped to every worker in the runtime env (by the job's runtime env
+under `ray job submit`, see bidpm/raycluster.py). Under `ray job submit` the upload has no .git: pass
+tracking.git_commit=$(git rev-parse HEAD) to tag the runs with the commit.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from bidpm.cli import parse_job_args, run_main  # noqa: E402
 
 
 def main() -> int:
-    cfg, _ = parse_job_args(__doc__.splitlines()[0])
+    cfg, _ = parse_job_args(__doc__)
     from bidpm import tracking
     from bidpm.data.manifest import DataError
-    from bidpm.tune.launch import connect_ray, run_study
+    from bidpm.raycluster import connect_ray
+    from bidpm.tune.launch import run_study
 
     if cfg.tracking.enabled:
         try:

@@ -20,15 +20,18 @@ OVERRIDES_HELP = (
 )
 
 
-def job_parser(description: str, epilog: Optional[str] = None) -> argparse.ArgumentParser:
-    """Parser with the options every job shares; a job may add its own before ``parse_job_args``."""
+def job_parser(description: str, epilog: Optional[str] = None, overrides_help: str = OVERRIDES_HELP) -> argparse.ArgumentParser:
+    """Parser with the options every job shares; a job may add its own before ``parse_job_args``.
+
+    ``overrides_help``: the positional overrides' help, for jobs whose relevant keys are not ``train.*``.
+    """
     p = argparse.ArgumentParser(
         description=description,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", "-c", default=None, help="experiment YAML under configs/ (default: embedded defaults)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
     return p
 
 
@@ -36,9 +39,13 @@ def parse_job_args(
     description: str,
     argv: Optional[Sequence[str]] = None,
     parser: Optional[argparse.ArgumentParser] = None,
+    overrides_help: str = OVERRIDES_HELP,
 ) -> tuple[Config, argparse.Namespace]:
-    """Parse ``--config`` + overrides into a validated Config; config errors exit 2 with the message."""
-    parser = parser or job_parser(description)
+    """Parse ``--config`` + overrides into a validated Config; config errors exit 2 with the message.
+
+    ``overrides_help`` is used only when no ``parser`` is given (see ``job_parser``).
+    """
+    parser = parser or job_parser(description, overrides_help=overrides_help)
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)

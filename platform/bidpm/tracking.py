@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import mlflow
 import numpy as np
@@ -35,6 +35,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from .config import Config
+from .data.manifest import manifest_digest
 
 MODEL_FORMAT = "bidpm-pyfunc-v1"
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -123,11 +124,17 @@ def where(cfg: Config) -> str:
 
 
 # --- provenance -------------------------------------------------------------------------------------
-def git_commit(path: str | Path) -> str:
-    """HEAD of the checkout holding ``path``; 'unknown' where there is no .git (e.g. a Ray job's
-    uploaded working dir, which deliberately excludes it)."""
+REPO_DIR = Path(__file__).resolve().parents[2]
+
+
+def git_commit(cfg: Config) -> str:
+    """The commit tagged on runs: ``tracking.git_commit`` when set, else HEAD of the checkout this
+    package runs from, else 'unknown' (a ``ray job submit`` upload excludes .git: pass
+    ``tracking.git_commit=$(git rev-parse HEAD)`` there)."""
+    if cfg.tracking.git_commit:
+        return cfg.tracking.git_commit
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=str(path), capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=str(REPO_DIR), capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
@@ -141,14 +148,6 @@ def ray_job_id() -> str:
         return ray.get_runtime_context().get_job_id() if ray.is_initialized() else "none"
     except Exception:  # noqa: BLE001 - provenance only
         return "none"
-
-
-def manifest_digest(manifest: Mapping[str, Any]) -> str:
-    """The shards' content digest from ``bidpm.data.shards.load_manifest``."""
-    for key in ("digest", "content_digest"):
-        if manifest.get(key):
-            return str(manifest[key])
-    return "unknown"
 
 
 def log_dataset(client: MlflowClient, run_id: str, cfg: Config, manifest: Mapping[str, Any], context: str = "train") -> None:
@@ -243,17 +242,18 @@ class BidpmPyfunc(mlflow.pyfunc.PythonModel):
 
     predict(x: float32 (B, C, H, W) in [-1, 1], params={"direction": "forward"|"backward"}) -> (B, C, H, W).
     Uses the EMA weights when the checkpoint has them, on the trained ``method.time_grid``. Sampling
-    needs no paired distance, so the method is rebuilt with L2 (LPIPS weights are not needed to load).
+    needs no paired distance, so the method is ``bidpm.synthesis.sampling_method`` (L2: LPIPS weights are
+    not needed to load).
     """
 
     def load_context(self, context):  # noqa: ANN001 - MLflow reads type hints as a schema; none on purpose
-        from .method import build_method
+        from .synthesis import sampling_method
         from .train.checkpoint import load_checkpoint_model
 
         model, ema_model, cfg = load_checkpoint_model(context.artifacts["checkpoint"])
         self.net = (ema_model if ema_model is not None else model).eval()
         self.grid = list(cfg.method.time_grid)
-        self.method = build_method(cfg.method.model_copy(update={"paired_distance": "l2"}))
+        self.method = sampling_method(cfg.method)
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001 - see load_context
         import torch
@@ -311,11 +311,11 @@ def evaluate_checkpoint(path: str, cfg: Config, split: str = "test") -> dict[str
     """The same evaluation straight from a training checkpoint (EMA weights, its own time grid)."""
     import torch
 
-    from .method import build_method
+    from .synthesis import sampling_method
     from .train.checkpoint import load_checkpoint_model
 
     _, net, ck_cfg = load_checkpoint_model(path)
-    method = build_method(ck_cfg.method.model_copy(update={"paired_distance": "l2"}))
+    method = sampling_method(ck_cfg.method)
 
     def predict(x: np.ndarray, direction: str) -> np.ndarray:
         with torch.no_grad():
@@ -497,8 +497,3 @@ def log_json(client: MlflowClient, run_id: str, obj: Any, artifact_file: str) ->
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
     for k, v in tags.items():
         client.set_tag(run_id, k, str(v))
-
-
-def end_runs(client: MlflowClient, run_ids: Iterable[str], status: str = "FINISHED") -> None:
-    for r in run_ids:
-        client.set_terminated(r, status=status)

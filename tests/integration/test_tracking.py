@@ -214,3 +214,19 @@ def test_http_server_registry_round_trip(tmp_path, mlflow_server):
     assert d.promoted and tracking.alias_version(client, "tiny", "champion") == v
     loaded = mlflow.pyfunc.load_model("models:/tiny@champion")
     assert loaded.predict(np.zeros((3, 1, 16, 16), np.float32), params={"direction": "backward"}).shape == (3, 1, 16, 16)
+
+
+def test_git_commit_from_config_else_the_checkout(tmp_path):
+    """`ray job submit` uploads no .git, so the commit can come from the config; unset, the checkout's HEAD."""
+    assert tracking.git_commit(_cfg(tmp_path, "tracking.git_commit=abc1234def")) == "abc1234def"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=str(Path(tracking.__file__).parent), capture_output=True, text=True)
+    expected = head.stdout.strip() if head.returncode == 0 else "unknown"
+    assert tracking.git_commit(_cfg(tmp_path)) == expected
+
+
+def test_manifest_digest_is_the_content_digest_or_a_clear_error():
+    from bidpm.data.manifest import DataError, manifest_digest
+
+    assert manifest_digest({"content_digest": "f00d", "location": "/s/v1"}) == "f00d"
+    with pytest.raises(DataError, match="/s/v1.*content_digest.*prepare_data.py"):
+        manifest_digest({"location": "/s/v1", "digest": "x"})

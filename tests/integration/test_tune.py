@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -114,3 +115,19 @@ def test_unreachable_tracking_fails_before_any_trial(tmp_path, ray_session):
     with pytest.raises(tracking.TrackingError, match="unreachable"):
         run_study(cfg)
     assert not Path(experiment_dir(cfg)).exists()
+
+
+def test_finished_study_is_recognised_on_uri_storage(tmp_path):
+    """study.json goes through bidpm.data.storage: a study stored under a URI (file:// stands in for
+    s3:// / gs://, same pyarrow path) is read back as finished; no Ray needed."""
+    from bidpm.tune.launch import STUDY_FILE, _write_text, experiment_dir, load_finished
+
+    cfg = load_config(write_tiny(tmp_path, tmp_path / "out"), [f"train.storage_path={(tmp_path / 'store').as_uri()}"])
+    assert experiment_dir(cfg).startswith("file://") and load_finished(cfg) is None
+    (tmp_path / "store" / cfg.tune.experiment_name).mkdir(parents=True)
+    record = {"experiment_dir": experiment_dir(cfg), "rows": [{"trial": "a1", "objective": 0.5}], "best_trial": "a1",
+              "best_config_path": None, "parent_run_id": None, "model_version": "3", "promotion": None}
+    _write_text(experiment_dir(cfg) + "/" + STUDY_FILE, json.dumps(record))
+    done = load_finished(cfg)
+    assert done is not None and done.reused and done.model_version == "3" and done.rows == record["rows"]
+    assert [p.name for p in (tmp_path / "store" / cfg.tune.experiment_name).iterdir()] == [STUDY_FILE]  # no temp left

@@ -1,12 +1,20 @@
-"""The define-by-run search space: conditionality, valid grids/weights, config errors (no Ray)."""
+"""The define-by-run search space: conditionality, valid grids/weights, config errors; plus the tune
+package's pure driver helpers (checkpoint locations, per-trial config, the Ray runtime env). No Ray."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import optuna
+import pyarrow.fs as pafs
 import pytest
 
 from bidpm.config import ConfigError, load_config
-from bidpm.tune.space import apply_to, define_by_run, free_grid, overrides_of, sample_overrides
+from bidpm.method import check_grid
+from bidpm.tune import checkpoints
+from bidpm.tune.checkpoints import checkpoint_location, local_checkpoint
+from bidpm.tune.space import apply_to, define_by_run, free_grid, overrides_of, sample_overrides, trial_config, warp_grid
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -152,3 +160,98 @@ def test_bad_search_space_names_the_field(override, field):
     with pytest.raises(ConfigError) as err:
         _cfg(override)
     assert field in str(err.value)
+
+
+@pytest.mark.parametrize("n, gamma", [(4, 30.0), (4, 60.0), (2, 200.0), (4, 0.01), (3, 1e-4)])
+def test_extreme_warp_stays_a_valid_grid(n, gamma):
+    """(1/N)^gamma underflows the 6-decimal rounding for a large gamma (t_1 -> 0.0 = t_0) and
+    crowds 1 for a tiny one; the warp grid is clipped into [min_gap, 1 - min_gap], kept increasing."""
+    min_gap = 0.02
+    plain = [0.0] + [round((i / n) ** gamma, 6) for i in range(1, n)] + [1.0]
+    assert any(b - a < min_gap for a, b in zip(plain, plain[1:]))            # the unguarded grid breaks the gap
+    if gamma > 1:
+        with pytest.raises(ValueError):                                      # ... and for a large gamma, check_grid
+            check_grid(plain, "plain warp")
+    grid = warp_grid(n, gamma, min_gap)
+    check_grid(grid, "warp")
+    _check_grid(grid, [1.0] * (n + 1), min_gap)
+    assert min_gap <= grid[1] and grid[-2] <= 1 - min_gap + 1e-9
+
+
+def test_moderate_warp_is_the_plain_power_law():
+    assert warp_grid(4, 2.0, 0.02) == pytest.approx([0.0, 0.0625, 0.25, 0.5625, 1.0])
+    assert warp_grid(3, 0.5, 0.02) == pytest.approx([0.0, 3 ** -0.5, (2 / 3) ** 0.5, 1.0], abs=1e-6)
+
+
+def test_warp_sampled_with_a_huge_gamma_range_validates():
+    cfg = _cfg("tune.space.grid_placement=warp", "tune.space.warp_gamma=[20,80]", "tune.space.n_steps=[4]")
+    for _, ov in _draws(cfg, 10):
+        assert apply_to(cfg, ov).method.time_grid == ov["method.time_grid"]
+
+
+def test_trial_config_ranks_checkpoints_by_the_study_metric():
+    """Retention must keep the epoch Tune calls best, so train.checkpoint_score follows tune.metric."""
+    cfg = _cfg("train.checkpoint_score=val/psnr_mean", "train.checkpoint_score_mode=max",
+               "tune.metric=val/mae_mean", "tune.mode=min")
+    t = trial_config(cfg, {"method.time_grid": [0.0, 0.5, 1.0], "method.step_weights": [1.0, 0.5, 1.0]})
+    assert (t.train.checkpoint_score, t.train.checkpoint_score_mode) == ("val/mae_mean", "min")
+    assert t.method.time_grid == [0.0, 0.5, 1.0]
+    assert cfg.train.checkpoint_score == "val/psnr_mean"                     # the study config is untouched
+
+
+@pytest.mark.parametrize("path, storage, expected", [
+    # Ray Train reports filesystem-relative paths for object stores: the scheme comes back
+    ("bucket/runs/exp/train_runs/t1/checkpoint_000001", "s3://bucket/runs",
+     "s3://bucket/runs/exp/train_runs/t1/checkpoint_000001"),
+    ("bkt/a/checkpoint_000002", "gs://bkt/a", "gs://bkt/a/checkpoint_000002"),
+    ("bucket/x/ck", "s3://bucket/x?region=eu-west-1", "s3://bucket/x/ck?region=eu-west-1"),
+    # already a URI, or local storage: unchanged
+    ("s3://bucket/x/ck", "s3://bucket/x", "s3://bucket/x/ck"),
+    ("/data/runs/ck", "/data/runs", "/data/runs/ck"),
+    ("/data/runs/ck", "file:///data/runs", "/data/runs/ck"),
+])
+def test_checkpoint_location_restores_the_storage_scheme(path, storage, expected):
+    assert checkpoint_location(path, storage) == expected
+
+
+def test_local_checkpoint_local_folder_is_used_in_place(tmp_path):
+    ck = tmp_path / "checkpoint_000001"
+    ck.mkdir()
+    (ck / "state.pt").write_bytes(b"x")
+    with local_checkpoint(str(ck)) as folder:
+        assert folder == ck
+    assert ck.is_dir()
+    with pytest.raises(FileNotFoundError, match="checkpoint_000009.*retention"):
+        with local_checkpoint(str(tmp_path / "checkpoint_000009")):
+            pass
+
+
+def test_local_checkpoint_downloads_a_remote_folder(tmp_path, monkeypatch):
+    """A non-local filesystem (a SubTree over a folder stands in for S3) is copied to a temp folder,
+    recursively, and the copy is gone after the block."""
+    remote = tmp_path / "bucket"
+    (remote / "runs" / "ck" / "sub").mkdir(parents=True)
+    (remote / "runs" / "ck" / "state.pt").write_bytes(b"weights")
+    (remote / "runs" / "ck" / "sub" / "grid.png").write_bytes(b"png")
+    fake = pafs.SubTreeFileSystem(str(remote), pafs.LocalFileSystem())
+    monkeypatch.setattr(checkpoints.storage, "resolve",
+                        lambda loc: (fake, loc.removeprefix("s3://bucket/")))
+    with local_checkpoint("s3://bucket/runs/ck") as folder:
+        assert folder.name == "ck" and not str(folder).startswith(str(remote))
+        assert (folder / "state.pt").read_bytes() == b"weights"
+        assert (folder / "sub" / "grid.png").read_bytes() == b"png"
+    assert not folder.exists()
+
+
+def test_driver_runtime_env_avoids_a_second_py_modules():
+    """Inside `ray job submit` whose runtime env ships py_modules, ray.init must get none (Ray refuses
+    to merge the same field); elsewhere the driver ships the package itself."""
+    from bidpm.raycluster import JOB_CONFIG_ENV, PACKAGE_DIR, driver_runtime_env
+
+    own = {"py_modules": [str(PACKAGE_DIR)]}
+    assert Path(PACKAGE_DIR, "raycluster.py").is_file()
+    assert driver_runtime_env({}) == own
+    job = {"runtime_env": {"working_dir": "gcs://_ray_pkg_a.zip", "py_modules": ["gcs://_ray_pkg_b.zip"]}, "metadata": {}}
+    assert driver_runtime_env({JOB_CONFIG_ENV: json.dumps(job)}) is None
+    only_wd = {"runtime_env": {"working_dir": "gcs://_ray_pkg_a.zip"}, "metadata": {}}
+    assert driver_runtime_env({JOB_CONFIG_ENV: json.dumps(only_wd)}) == own

@@ -27,4 +27,10 @@ class TrackingConfig(Section):
     log_checkpoints: bool = Field(True, description="each trial's best checkpoint as a run artifact")
     test_batch_size: int = Field(16, ge=1)
     test_batches: Optional[int] = Field(None, ge=1, description="cap on test batches (smoke runs); None: the whole split")
+    git_commit: Optional[str] = Field(
+        None,
+        description="commit tagged on runs (bidpm.git_commit); None: `git rev-parse HEAD` of the checkout at the "
+                    "driver, 'unknown' where there is none (`ray job submit` uploads no .git: pass "
+                    "tracking.git_commit=$(git rev-parse HEAD))",
+    )
     connect_timeout_s: float = Field(10.0, gt=0.0, description="fail-fast reachability check of an HTTP tracking server")

@@ -23,7 +23,10 @@ class SearchSpaceConfig(Section):
     grid_placement: Literal["uniform", "free", "warp"] = Field(
         "free", description="uniform: t_n = n/N; free: interior points sampled then sorted; warp: t_n = (n/N)^gamma"
     )
-    min_gap: float = Field(0.02, gt=0.0, lt=0.5, description="free placement: smallest allowed t_n - t_{n-1}")
+    min_gap: float = Field(
+        0.02, ge=1e-4, lt=0.5,
+        description="free and warp placement: smallest allowed t_n - t_{n-1} (>= 1e-4 so 6-decimal grids stay increasing)",
+    )
     warp_gamma: list[float] = Field(default_factory=lambda: [0.5, 2.0])
     end_weight: list[float] = Field(default_factory=lambda: [1.0, 1.0], description="[low, high] for w_0 = w_N")
     interior_weight: list[float] = Field(default_factory=lambda: [0.1, 1.0], description="[low, high] for w_1..w_{N-1}")
@@ -57,7 +60,7 @@ class SearchSpaceConfig(Section):
             raise ValueError("tune.space.mmd_kernels: list at least one of rbf, imq, laplacian")
         if self.paired_distances is not None and not self.paired_distances:
             raise ValueError("tune.space.paired_distances: list at least one, or leave it unset")
-        if self.grid_placement == "free" and max(self.n_steps) * self.min_gap > 1.0:
+        if self.grid_placement in ("free", "warp") and max(self.n_steps) * self.min_gap > 1.0:
             raise ValueError(
                 f"tune.space.min_gap: {self.min_gap} x {max(self.n_steps)} steps does not fit in [0, 1]; lower min_gap or N"
             )

@@ -129,6 +129,17 @@ def load_manifest(cfg) -> dict:
     return m
 
 
+def manifest_digest(manifest: dict) -> str:
+    """The shards' content digest (``content_digest``, over every shard file's sha256): the one identity
+    of a shard set, recorded in checkpoints (resume refuses other shards) and MLflow lineage."""
+    digest = manifest.get("content_digest")
+    if not digest:
+        where = manifest.get("location", "the shard manifest")
+        raise DataError(f"{where}: manifest has no 'content_digest' field (written by an older or unfinished ingest); "
+                        f"fix: rebuild the shards with `{PREPARE_HINT}`")
+    return str(digest)
+
+
 def volume_geometry(manifest: dict, subject: str) -> dict:
     """Per-volume metadata for ``subject`` (pseudonym as in the ``subject`` column): RAS ``shape``,
     ``affine``, ``spacing``, ``slices`` (RAS z indices of the rows), ``original_axcodes``/``_shape``/

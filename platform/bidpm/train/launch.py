@@ -29,6 +29,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, Result, RunCo
 from ray.train.torch import TorchTrainer
 
 from bidpm.config import Config
+from bidpm.data.manifest import manifest_digest
 from bidpm.data.shards import load_manifest, read_split
 from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, VAL, split_sizes
 from bidpm.train.loop import train_loop_per_worker
@@ -149,13 +150,6 @@ def build_data_config(datasets: Mapping[str, ray.data.Dataset]) -> DataConfig:
     """
     split = [n for n in (ALL_PAIRED, UNPAIRED) if n in datasets]
     return DataConfig(datasets_to_split=split, execution_options=ExecutionOptions())
-
-
-def manifest_digest(manifest: Mapping[str, Any]) -> str:
-    """The shards' content digest recorded in every checkpoint (resume refuses other shards)."""
-    if "content_digest" not in manifest:
-        raise ValueError("shard manifest has no 'content_digest' field; rebuild the shards with jobs/prepare_data.py")
-    return str(manifest["content_digest"])
 
 
 def _check_steps(cfg: Config, datasets: Mapping[str, ray.data.Dataset]) -> None:

@@ -9,14 +9,16 @@ study keeps writing to the same parent and child runs.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import sys
 from typing import Any, Optional
 
 from ray.tune import Callback
 
 from .. import tracking
 from ..config import config_from_dict
-from .space import apply_to, overrides_of
+from ..data.manifest import manifest_digest
+from .checkpoints import checkpoint_location, local_checkpoint
+from .space import overrides_of, trial_config
 
 
 class MLflowTrialCallback(Callback):
@@ -29,7 +31,7 @@ class MLflowTrialCallback(Callback):
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.tags = tags
-        self.manifest = {"content_digest": tracking.manifest_digest(manifest)}
+        self.manifest = {"content_digest": manifest_digest(manifest)}   # all log_dataset needs (small pickle)
         self.runs: dict[str, str] = {}                       # trial_id -> MLflow run id
         self.best: dict[str, tuple[float, Optional[str]]] = {}   # trial_id -> (objective, checkpoint path)
         self._client: Any = None
@@ -61,7 +63,7 @@ class MLflowTrialCallback(Callback):
 
     def _run_id(self, trial: Any) -> str:
         if trial.trial_id not in self.runs:
-            cfg = apply_to(self.cfg, overrides_of(trial.config))
+            cfg = trial_config(self.cfg, overrides_of(trial.config))      # exactly what the trial trains
             run_id = tracking.trial_run(self.client, self.experiment_id, self.parent_run_id, cfg.tune.experiment_name,
                                         trial.trial_id, str(trial), cfg, self.tags)
             tracking.log_dataset(self.client, run_id, cfg, self.manifest)
@@ -88,13 +90,28 @@ class MLflowTrialCallback(Callback):
         best = self.best.get(trial.trial_id)
         if best is not None:
             self.client.set_tag(run_id, "bidpm.best_objective", f"{best[0]:.6f}")
-            ckpt = best[1]
-            if ckpt and Path(ckpt).is_dir():
-                if self.cfg.tracking.log_checkpoints:
-                    self.client.log_artifacts(run_id, ckpt, "best_checkpoint")
-                for png in sorted(Path(ckpt).glob("*.png")):
-                    self.client.log_artifact(run_id, str(png), "sample_grid")
+            self._log_checkpoint(run_id, trial, best[1])
         self.client.set_terminated(run_id, status=status)
+
+    def _log_checkpoint(self, run_id: str, trial: Any, path: Optional[str]) -> None:
+        """The best epoch's checkpoint folder and its sample grid PNG; a warning (never a silent skip)
+        when there is none or it cannot be read from the driver. Object-store checkpoints are
+        downloaded to a temporary folder first (MLflow logs local files only)."""
+        cfg = self.cfg
+        if not path:
+            print(f"warning: trial {trial.trial_id}: its best epoch by {cfg.tune.metric} reported no checkpoint; "
+                  f"nothing logged to MLflow run {run_id}", file=sys.stderr)
+            return
+        location = checkpoint_location(path, cfg.storage_path)
+        try:
+            with local_checkpoint(location) as folder:
+                if cfg.tracking.log_checkpoints:
+                    self.client.log_artifacts(run_id, str(folder), "best_checkpoint")
+                for png in sorted(folder.glob("*.png")):
+                    self.client.log_artifact(run_id, str(png), "sample_grid")
+        except OSError as exc:                 # FileNotFoundError, pyarrow I/O errors
+            print(f"warning: trial {trial.trial_id}: best checkpoint not logged to MLflow run {run_id}: {exc}",
+                  file=sys.stderr)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "FINISHED")

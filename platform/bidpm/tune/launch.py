@@ -9,19 +9,23 @@ Tune. The trial function only coordinates, so ``tune.with_resources`` gives it a
 Resume: the experiment lives in ``<storage_path>/<tune.experiment_name>``. Rerunning with the same
 name restores it (``Tuner.restore``: searcher + scheduler state, finished trials kept, unfinished
 ones continued from their Train checkpoints). When the whole study (including registration) has
-finished, its ``study.json`` exists and the study is reported, not rerun.
+finished, its ``study.json`` exists and the study is reported, not rerun. ``study.json`` and
+``best_config.yaml`` go through ``bidpm.data.storage`` (written atomically), so a study on an object
+store (``s3://``, ``gs://``) is recognised as finished too.
+
+Checkpoints: each trial's Train run ranks its checkpoints for retention by ``tune.metric`` (see
+``space.trial_config``), so the epoch Tune calls best still has its checkpoint; the driver rebuilds
+its object-store URI and downloads it before MLflow logs it (``checkpoints``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import ray
 from ray import tune
 from ray.tune import RunConfig, TuneConfig, Tuner
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -29,13 +33,15 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .. import tracking
 from ..config import Config, config_from_dict
+from ..data import storage
+from ..data.manifest import manifest_digest
 from .callback import MLflowTrialCallback
-from .space import apply_to, define_by_run, overrides_of
+from .checkpoints import checkpoint_location, local_checkpoint
+from .space import apply_to, define_by_run, overrides_of, trial_config
 from .summary import best_row, format_table, plot_summary, trial_row
 
 STUDY_FILE = "study.json"
 BEST_CONFIG_FILE = "best_config.yaml"
-REPO_DIR = Path(__file__).resolve().parents[3]
 
 
 @dataclass
@@ -55,17 +61,6 @@ class StudyResult:
         return format_table(self.rows, self.best_trial)
 
 
-def connect_ray() -> None:
-    """Join RAY_ADDRESS / the job's cluster, or start a local Ray, shipping ``bidpm`` to every worker.
-
-    ``py_modules`` uploads the package, so cluster nodes need only the dependencies installed (a
-    ``ray job submit --working-dir`` upload alone would not put ``platform/`` on the workers' path).
-    """
-    if ray.is_initialized():
-        return
-    ray.init(runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]}, log_to_driver=False)  # trial errors still reach Tune's table
-
-
 def experiment_dir(cfg: Config) -> str:
     return cfg.storage_path.rstrip("/") + "/" + cfg.tune.experiment_name
 
@@ -76,7 +71,7 @@ def _trial(config: dict[str, Any], base_cfg: dict[str, Any], datasets: Optional[
 
     from ..train import run_training
 
-    cfg = apply_to(config_from_dict(base_cfg, origin="study config"), overrides_of(config))
+    cfg = trial_config(config_from_dict(base_cfg, origin="study config"), overrides_of(config))
     trial_id = tune.get_context().get_trial_id()
     run_training(cfg, callbacks=[TuneReportCallback()], resume=True, name=f"train_{trial_id}",
                  storage_path=experiment_dir(cfg) + "/train_runs", datasets=datasets)
@@ -113,19 +108,20 @@ def _rows(results: Any, cfg: Config) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def load_finished(cfg: Config) -> Optional[StudyResult]:
-    """The finished study's record, or None when it has not finished (or never ran)."""
-    f = Path(experiment_dir(cfg)) / STUDY_FILE
-    if "://" in str(f) or not f.is_file():
+    """The finished study's record, or None when it has not finished (or never ran). Local or URI."""
+    loc = storage.join(experiment_dir(cfg), STUDY_FILE)
+    if not storage.is_file(loc):
         return None
-    d = json.loads(f.read_text())
+    d = json.loads(storage.read_bytes(loc))
     return StudyResult(**{**d, "reused": True})
+
+
+def _write_text(location: str, text: str) -> None:
+    """Atomic write (temp name + rename) to a local path or an object-store URI."""
+    if not storage.is_uri(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+    storage.write_bytes_atomic(location, text.encode())
 
 
 def run_study(cfg: Config, *, print_fn=print) -> StudyResult:
@@ -143,7 +139,6 @@ def run_study(cfg: Config, *, print_fn=print) -> StudyResult:
 
     manifest = load_manifest(cfg)
     exp_dir = experiment_dir(cfg)
-    local = "://" not in exp_dir
 
     if cfg.tune.resume:
         done = load_finished(cfg)
@@ -151,14 +146,15 @@ def run_study(cfg: Config, *, print_fn=print) -> StudyResult:
             print_fn(f"study {cfg.tune.experiment_name!r} already finished ({exp_dir}); reporting it, nothing rerun "
                      f"(choose a new tune.experiment_name or set tune.resume=false to run again)")
             return done
-    elif local and Path(exp_dir).exists():
-        shutil.rmtree(exp_dir)
+    elif storage.exists(exp_dir):
+        print_fn(f"tune.resume=false: deleting the previous study folder {exp_dir}")
+        storage.remove_tree(exp_dir)
 
     parent = None
     callbacks: list[Any] = []
     if client is not None:
-        tags = {"bidpm.git_commit": tracking.git_commit(REPO_DIR), "bidpm.ray_job_id": tracking.ray_job_id(),
-                "bidpm.manifest_digest": tracking.manifest_digest(manifest)}
+        tags = {"bidpm.git_commit": tracking.git_commit(cfg), "bidpm.ray_job_id": tracking.ray_job_id(),
+                "bidpm.manifest_digest": manifest_digest(manifest)}
         if not cfg.tune.resume:
             prior = tracking.find_run(client, exp_id, {tracking.TAG_STUDY: cfg.tune.experiment_name, tracking.TAG_ROLE: "study"})
             if prior:
@@ -197,19 +193,18 @@ def run_study(cfg: Config, *, print_fn=print) -> StudyResult:
                            f"see the trial logs under {exp_dir}")
     best_cfg = apply_to(cfg, best["overrides"])
     best_cfg.train.run_name = f"{cfg.tune.experiment_name}-best"
-    if local:
-        path = Path(exp_dir) / BEST_CONFIG_FILE
-        _write_atomic(path, f"# best trial {best['trial']} of study {cfg.tune.experiment_name} "
-                            f"({cfg.tune.metric} = {best['objective']:.4f})\n"
-                            f"# retrain: python jobs/train.py --config {path}\n" + best_cfg.to_yaml())
-        out.best_config_path = str(path)
-        print_fn(f"best trial {best['trial']}: {cfg.tune.metric} = {best['objective']:.4f}; config: {path}")
+    path = storage.join(exp_dir, BEST_CONFIG_FILE)
+    retrain = (f"python jobs/train.py --config {path}" if not storage.is_uri(path)
+               else f"copy it to a local file, then python jobs/train.py --config {BEST_CONFIG_FILE}")
+    _write_text(path, f"# best trial {best['trial']} of study {cfg.tune.experiment_name} "
+                      f"({cfg.tune.metric} = {best['objective']:.4f})\n# retrain: {retrain}\n" + best_cfg.to_yaml())
+    out.best_config_path = path
+    print_fn(f"best trial {best['trial']}: {cfg.tune.metric} = {best['objective']:.4f}; config: {path}")
 
     if client is not None:
         _track_study(client, cfg, best_cfg, parent, rows, best, out, print_fn)
-    if local:
-        _write_atomic(Path(exp_dir) / STUDY_FILE, json.dumps({k: v for k, v in out.__dict__.items() if k != "reused"},
-                                                             indent=1, default=str))
+    _write_text(storage.join(exp_dir, STUDY_FILE),
+                json.dumps({k: v for k, v in out.__dict__.items() if k != "reused"}, indent=1, default=str))
     return out
 
 
@@ -228,12 +223,14 @@ def _track_study(client: Any, cfg: Config, best_cfg: Config, parent: str, rows: 
                                  {tracking.TAG_STUDY: cfg.tune.experiment_name, tracking.TAG_TRIAL: best["trial"]})
     if cfg.tracking.register_best:
         run_id = best_run or parent
-        model_uri = tracking.log_model(best_cfg, run_id, best["checkpoint_path"])
+        location = checkpoint_location(best["checkpoint_path"], cfg.storage_path)   # Tune drops s3:// / gs://
+        with local_checkpoint(location) as folder:                                  # downloaded when remote
+            model_uri = tracking.log_model(best_cfg, run_id, str(folder))
         scores = tracking.evaluate_model(model_uri, best_cfg, "test")          # test split: never used to select
         tracking.log_metrics(client, parent, scores, step=0)
         version = tracking.register(client, best_cfg, model_uri, run_id,
                                     {"bidpm.study": cfg.tune.experiment_name, "bidpm.trial_id": best["trial"],
-                                     "bidpm.git_commit": client.get_run(parent).data.tags.get("bidpm.git_commit", "unknown")})
+                                     "bidpm.git_commit": tracking.git_commit(cfg)})
         decision = tracking.promote(client, best_cfg, version, challenger_scores=scores)
         tracking.set_tags(client, parent, {"bidpm.registered_version": version, **tracking.decision_tags(decision)})
         out.model_version, out.promotion = version, decision.__dict__

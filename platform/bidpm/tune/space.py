@@ -54,6 +54,17 @@ def free_grid(raw: list[float], min_gap: float) -> list[float]:
     return [round(x, 6) for x in t[:-1]] + [1.0]
 
 
+def warp_grid(n_steps: int, gamma: float, min_gap: float) -> list[float]:
+    """t_n = (n/N)^gamma, with every step at least ``min_gap`` long (same rule as ``free_grid``).
+
+    Why the guard: a large gamma puts t_1 = (1/N)^gamma below the 6-decimal rounding (gamma = 30,
+    N = 4: ~1e-18 -> 0.0 = t_0, an invalid grid) and a small one crowds t_{N-1} against 1; such
+    points are pushed into [min_gap, 1 - min_gap] and apart, so the grid stays strictly increasing.
+    Grids whose steps are already >= min_gap are returned as (n/N)^gamma, rounded to 6 decimals.
+    """
+    return free_grid([(i / n_steps) ** gamma for i in range(1, n_steps)], min_gap)
+
+
 def time_grid(trial: Any, space: SearchSpaceConfig, n_steps: int) -> list[float]:
     """Sample the time grid t_0..t_N for ``n_steps`` = N (placement from ``space.grid_placement``)."""
     if n_steps == 1:
@@ -62,7 +73,7 @@ def time_grid(trial: Any, space: SearchSpaceConfig, n_steps: int) -> list[float]
         return [round(i / n_steps, 6) for i in range(n_steps)] + [1.0]
     if space.grid_placement == "warp":
         gamma = _float(trial, "warp_gamma", space.warp_gamma, log=True)
-        return [0.0] + [round((i / n_steps) ** gamma, 6) for i in range(1, n_steps)] + [1.0]
+        return warp_grid(n_steps, gamma, space.min_gap)
     lo, hi = space.min_gap, 1.0 - space.min_gap
     raw = [trial.suggest_float(f"t_{i}_of_{n_steps}", lo, hi) for i in range(1, n_steps)]
     return free_grid(raw, space.min_gap)
@@ -105,6 +116,19 @@ def define_by_run(cfg: Config) -> Callable[[Any], Optional[dict[str, Any]]]:
 def overrides_of(trial_config: dict[str, Any]) -> dict[str, Any]:
     """The dotted config overrides inside a Tune trial config (raw suggestions have no dots)."""
     return {k: v for k, v in trial_config.items() if "." in k}
+
+
+def trial_config(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """The config one trial trains: the study config + the trial's overrides, with checkpoint
+    retention ranked by the study's objective.
+
+    Why: Tune keeps, per trial, the checkpoint of the epoch that is best by ``tune.metric``; Ray Train's
+    retention (``train.checkpoint_keep``) deletes all but the best checkpoints by
+    ``train.checkpoint_score``. With two different metrics the trial's "best" checkpoint could already
+    be deleted, so inside a study ``train.checkpoint_score``/``_mode`` are set to ``tune.metric``/``mode``.
+    """
+    return apply_to(cfg, {**overrides, "train.checkpoint_score": cfg.tune.metric,
+                          "train.checkpoint_score_mode": cfg.tune.mode})
 
 
 def apply_to(cfg: Config, overrides: dict[str, Any]) -> Config:

@@ -5,9 +5,12 @@ back from its ``study.json``.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from ..data.storage import write_bytes_atomic
 
 COLUMNS = (
     ("trial", "trial"), ("N", "n_steps"), ("grid", "time_grid"), ("w_n", "step_weights"), ("lambda_u", "lambda_unpaired"),
@@ -102,9 +105,9 @@ def plot_summary(rows: Sequence[Mapping[str, Any]], metric: str, mode: str, path
         b.set_xticks(ns)
     b.legend()
     fig.tight_layout()
-    out = Path(path)
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    fig.savefig(tmp, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(out)
+    out = Path(path)
+    write_bytes_atomic(str(out), buf.getvalue())       # unique temp name + rename: never a partial PNG
     return out

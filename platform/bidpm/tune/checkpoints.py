@@ -1,0 +1,58 @@
+"""Trial checkpoints as the driver sees them: a location with its storage scheme, and a local copy.
+
+Why: ``ray.tune.integration.ray_train.TuneReportCallback`` forwards ``checkpoint.path`` only, and a
+Ray Train checkpoint's ``path`` is relative to its pyarrow filesystem: ``bucket/prefix/...`` for
+``s3://`` or ``gs://`` storage, the scheme gone. Read as a local path it does not exist, so the
+checkpoint would silently not be logged or registered. ``checkpoint_location`` puts the scheme of
+``cfg.storage_path`` (where every trial's Train run is stored) back; ``local_checkpoint`` then gives
+a local folder (the folder itself for local storage, a temporary download for an object store) for
+MLflow, which logs local files only. No Ray here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import pyarrow.fs as pafs
+
+from ..data import storage
+
+
+def checkpoint_location(path: str, storage_path: str) -> str:
+    """``path`` as reported by Ray Train -> a location ``bidpm.data.storage`` resolves (local path or URI).
+
+    A path that already has a scheme, or storage that is local (a plain path or ``file://``), is
+    returned unchanged; otherwise ``<scheme>://<path>`` with the storage URI's query (e.g.
+    ``?region=...``) kept, since Ray resolved the filesystem from that same URI.
+    """
+    if storage.is_uri(path) or not storage.is_uri(storage_path):
+        return path
+    parts = urlsplit(storage_path)
+    if parts.scheme in ("", "file", "local"):
+        return path
+    return f"{parts.scheme}://{path.lstrip('/')}" + (f"?{parts.query}" if parts.query else "")
+
+
+@contextlib.contextmanager
+def local_checkpoint(location: str) -> Iterator[Path]:
+    """A local folder holding the checkpoint at ``location`` for the ``with`` block.
+
+    Local storage: the folder itself (nothing copied). Object store: a recursive download into a
+    temporary folder, deleted afterwards. Raises FileNotFoundError naming the location when it is not
+    a folder (deleted by retention, or the storage is not reachable from this machine).
+    """
+    fs, path = storage.resolve(location)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"checkpoint {location} is not a folder (deleted by train.checkpoint_keep retention, "
+                                f"or the storage is not reachable from the driver)")
+    if isinstance(fs, pafs.LocalFileSystem):
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="bidpm-ckpt-") as tmp:
+        dest = Path(tmp) / Path(path.rstrip("/")).name
+        pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        yield dest
