@@ -2,7 +2,9 @@
 (pairing is decided when shards are read), score each on the test split in both directions, and print
 a table + plot; every ratio is an MLflow run nested under one parent.
 
-    python jobs/ablate_pairing.py --config configs/ablate_pairing_brain.yaml [--ratios 1 0.5 0.1 0.01] [key=value ...]
+    python jobs/ablate_pairing.py --config configs/ablate_pairing_brain.yaml [key=value ...] [--ratios 1 0.5 0.1 0.01]
+
+(overrides go before --ratios, which takes every number after it)
 
 Rows at ratio < 1 mix paired and unpaired samples (Eq. 9 with method.lambda_unpaired). A ratio at which
 no training row is paired (possible on a small data set: pairing is a per-slice draw, see

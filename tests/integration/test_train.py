@@ -15,6 +15,7 @@ several behaviours on them:
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -145,6 +146,10 @@ def test_baseline_resumes_a_stopped_run_without_redoing_epochs(make_cfg, val_ten
     with pytest.raises(ray.train.TrainingFailedError):
         run_training(stopped, resume=False)  # dies in epoch 2; the epoch-1 checkpoint is on storage
 
+    # A user reruns after the failed run has released its workers; under load Ray removes the failed
+    # run's placement group asynchronously, and a new worker group started meanwhile was seen to fail
+    # its health check in CI. Wait for the release, as a person rerunning the command would.
+    _wait_placement_groups_removed()
     result = run_training(make_cfg(*common), resume=True)  # the same command again, fault hook off
     m = result.metrics
     assert (m["epoch"], m["step"]) == (EPOCHS, EPOCHS * STEPS)  # = an uninterrupted run
@@ -154,3 +159,14 @@ def test_baseline_resumes_a_stopped_run_without_redoing_epochs(make_cfg, val_ten
     assert table["resumed_from_step"].tolist() == [0] + [STEPS] * (EPOCHS - 1)
     assert table["train/loss"].iloc[-1] < 0.7 * table["train/loss"].iloc[0]
     assert m["val/ssim_mean"] > identity_ssim(val_tensors) + 0.05
+
+
+def _wait_placement_groups_removed(timeout_s: float = 120.0) -> None:
+    from ray.util import placement_group_table
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(pg.get("state") == "REMOVED" for pg in placement_group_table().values()):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"placement groups of the failed run not removed within {timeout_s:.0f} s")
