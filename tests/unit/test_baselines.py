@@ -20,12 +20,7 @@ from bidpm.method import ICFM, OTCFM, VPCFM, Batch, RectifiedFlow, build_method,
 GRID = [0.0, 0.5, 1.0]
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 class Recorder(nn.Module):

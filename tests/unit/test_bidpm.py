@@ -17,13 +17,7 @@ from bidpm.method import Batch, BiDPM, build_method, euler_states, uniform_grid
 GRIDS = [[0.0, 1.0], [0.0, 0.5, 1.0], [0.0, 0.1, 0.35, 0.9, 1.0], uniform_grid(10)]
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    """Exact comparisons in float64; restored so other test modules keep float32."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 # --- analytic velocity fields ------------------------------------------------------------------
