@@ -130,7 +130,7 @@ def run_asha(args, seed: int) -> tuple[list[dict[str, Any]], float]:
         tune_config=tune.TuneConfig(
             metric="mse", mode="min", num_samples=args.samples, max_concurrent_trials=1,   # launch order = cost order
             search_alg=OptunaSearch(space, metric="mse", mode="min", seed=seed),
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=args.epochs, grace_period=1,
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=args.epochs, grace_period=args.grace_period,
                                     reduction_factor=args.reduction_factor),
         ),
         run_config=tune.RunConfig(name=f"asha_{seed}", storage_path=args.storage, verbose=0),
@@ -176,6 +176,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per epoch")
     p.add_argument("--samples", type=int, default=12, help="ASHA trials per seed")
     p.add_argument("--reduction-factor", type=float, default=3.0)
+    p.add_argument("--grace-period", type=int, default=1,
+                   help="epochs before ASHA may stop a trial (larger N starts slower: see the closing note of issue 5)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="TPE seeds, one ASHA search each")
     p.add_argument("--tol", type=float, default=0.02, help="relative tolerance on the grid's best objective")
     p.add_argument("--storage", default=str(Path("outputs/bench_asha").resolve()),
