@@ -122,7 +122,7 @@ def test_bidpm_ddp_mixed_batches_recovers_a_killed_worker_and_converges(make_cfg
     from PIL import Image
 
     grid = np.asarray(Image.open(f"{ckpt_dir}/samples.png"))
-    assert grid.shape == (3 * 32 + 2 * 2, 6 * 32 + 12)
+    assert grid.shape == (4 * (3 * 32 + 2 * 2), 4 * (6 * 32 + 12))  # 32-px tiles enlarged 4x
     model, ema_model, cfg2 = load_checkpoint_model(result.checkpoint)
     assert cfg2.method == cfg.method and cfg2.train.run_name == "bidpm-ddp"
     x_0, x_1, mask = val_tensors

@@ -101,4 +101,7 @@ def test_sample_grid_layout(tmp_path):
     path = save_sample_grid(tmp_path, *tiles)
     from PIL import Image
 
-    assert np.array_equal(np.asarray(Image.open(path)), arr)
+    saved = np.asarray(Image.open(path))
+    s = 128 // min(h, w)  # small tiles are enlarged by an integer factor, nearest neighbour
+    assert saved.shape == (arr.shape[0] * s, arr.shape[1] * s)
+    assert np.array_equal(saved[::s, ::s], arr) and np.array_equal(saved[s - 1 :: s, s - 1 :: s], arr)

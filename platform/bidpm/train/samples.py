@@ -2,7 +2,9 @@
 
 One row per validation slice, six tiles: ``source | forward synthesis | target || target | backward
 synthesis | source``, images in [-1, 1] mapped to grey levels 0..255 (values outside are clipped),
-tiles separated by 2-pixel white lines (4 pixels between the two directions).
+tiles separated by 2-pixel white lines (4 pixels between the two directions). Small images are
+enlarged by an integer factor (nearest neighbour: pixels stay pixels) so a tile is at least
+``MIN_TILE`` pixels on its short side and the grid is readable at a glance.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 SAMPLES_FILE = "samples.png"
+MIN_TILE = 128
 
 
 def grid_array(source: Tensor, fwd: Tensor, target: Tensor, bwd: Tensor, gap: int = 2) -> np.ndarray:
@@ -35,10 +38,17 @@ def grid_array(source: Tensor, fwd: Tensor, target: Tensor, bwd: Tensor, gap: in
     return out
 
 
+def display_scale(h: int, w: int) -> int:
+    """Integer enlargement so the short side of a tile reaches ``MIN_TILE`` pixels (1 for large images)."""
+    return max(1, MIN_TILE // min(h, w))
+
+
 def save_sample_grid(directory: str | os.PathLike, source: Tensor, fwd: Tensor, target: Tensor, bwd: Tensor) -> Path:
     """Write ``samples.png`` into ``directory`` (temp name, then renamed); returns its path."""
     final = Path(directory) / SAMPLES_FILE
     tmp = final.with_name(final.name + ".tmp")
-    Image.fromarray(grid_array(source, fwd, target, bwd)).save(tmp, format="PNG")
+    scale = display_scale(source.shape[-2], source.shape[-1])
+    grid = np.kron(grid_array(source, fwd, target, bwd), np.ones((scale, scale), dtype=np.uint8))
+    Image.fromarray(grid).save(tmp, format="PNG")
     os.replace(tmp, final)
     return final
