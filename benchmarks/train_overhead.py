@@ -47,6 +47,7 @@ def make_cfg(args: argparse.Namespace, out: str, workers: int):
         f"train.torch_threads={args.threads}", f"train.batch_size={args.batch}", f"train.epochs={args.epochs}",
         "train.lr=1e-3", "train.val_batches=1", f"train.run_name=bench-{workers}w", f"train.checkpoint_keep={args.epochs}",
         f"train.use_gpu={str(args.gpu).lower()}", f"train.precision={args.precision}", "train.gpus_per_worker=1",
+        f"train.shuffle_buffer_rows={args.shuffle_buffer or 'null'}",
     ])
 
 
@@ -112,6 +113,8 @@ def main() -> None:
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
     p.add_argument("--gpu", action="store_true", help="workers and the plain loop on CUDA (one GPU per worker)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype on CUDA")
+    p.add_argument("--shuffle-buffer", type=int, default=256,
+                   help="train.shuffle_buffer_rows of the Ray runs (0: no local shuffle, to attribute its cost)")
     args = p.parse_args()
     ray.init(address="local", num_cpus=min(os.cpu_count() or 2, 8), include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="bidpm-bench-") as out:

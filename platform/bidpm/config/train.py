@@ -52,7 +52,7 @@ class TrainConfig(Section):
         description="cache the shards in the Ray object store once per fit() so epochs do not re-read Parquet; "
         "set false when the split is larger than the object store (each epoch then re-reads the shards)",
     )
-    shuffle_buffer_rows: int = Field(256, ge=1, description="per-worker local shuffle buffer (rows) of every train stream")
+    shuffle_buffer_rows: Optional[int] = Field(256, ge=1, description="per-worker local shuffle buffer (rows) of every train stream; null = no local shuffle (rows then arrive in shard order: for measurements only)")
     checkpoint_keep: int = Field(2, ge=1)
     checkpoint_score: str = Field("val/ssim_mean", description="reported metric that ranks checkpoints for retention")
     checkpoint_score_mode: Literal["max", "min"] = "max"
