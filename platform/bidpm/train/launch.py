@@ -34,7 +34,7 @@ from bidpm.data.shards import load_manifest, read_split
 from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, VAL, split_sizes
 from bidpm.train.loop import train_loop_per_worker
 
-TRAIN_COLUMNS = ["source", "target"]
+STEP_COLUMNS = ["source", "target"]  # what a training step reads (data.TRAIN_COLUMNS is the wider convertible set)
 VAL_COLUMNS = ["source", "target", "mask"]
 
 
@@ -80,11 +80,11 @@ def build_datasets(cfg: Config) -> dict[str, ray.data.Dataset]:
 
     out: dict[str, ray.data.Dataset] = {VAL: prepared("val", VAL_COLUMNS)}
     if cfg.data.pairing_ratio >= 1.0:
-        out[ALL_PAIRED] = prepared("train", TRAIN_COLUMNS)
+        out[ALL_PAIRED] = prepared("train", STEP_COLUMNS)
         return out
     split_sizes(tc.batch_size)  # mixed batches need >= 2 rows: fail before any reading
-    paired = prepared("train", TRAIN_COLUMNS, paired=True)
-    unpaired = prepared("train", TRAIN_COLUMNS, paired=False)
+    paired = prepared("train", STEP_COLUMNS, paired=True)
+    unpaired = prepared("train", STEP_COLUMNS, paired=False)
     if tc.materialize_datasets:
         n_p, n_u = paired.count(), unpaired.count()
         if n_p == 0:
