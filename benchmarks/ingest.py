@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/ingest.py [--subjects 12] [--shape 96 96 48] [--slices 32] [--size 64]
 
-Prints slices/s, per-worker ratio to the bare loop, and peak RSS (bare loop process; driver; largest
+Prints slices/s, per-worker ratio to the bare loop and to the pipeline's own work run in one plain
+process without Ray, and peak RSS (bare loop process; driver; largest
 Ray worker), side by side. The pipeline does more than the bare loop (RAS reorientation, checks,
 normalisation, anti-aliased resize, Parquet write, manifest), so the ratio is the cost of all that
 plus Ray's scheduling. Workers are warmed up on a separate tiny run first (process start + imports
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import threading
@@ -39,6 +41,37 @@ def bare_loop(root: str, k: int, out: mp.Queue) -> None:
             assert slices.shape[0] == k
         n += k
     # VmHWM (peak RSS of this process image); ru_maxrss would carry the parent's peak across exec
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    out.put((n, time.perf_counter() - t, hwm / 1024))
+
+
+def _warm_worker(row: dict) -> dict:
+    import bidpm.data.shards  # noqa: F401  (the ingest task's imports)
+
+    time.sleep(0.5)  # long enough that the 4 warm-up tasks spread over both workers
+    return {"pid": os.getpid()}
+
+
+def same_work_loop(root: str, k: int, size: int, out_dir: str, out: mp.Queue) -> None:
+    """One core, no Ray: the pipeline's own per-subject work (``slice_table`` + ``write_table``) in a
+    plain loop. Separates what the pipeline does beyond load-and-slice from what Ray adds."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+    import torch
+
+    torch.set_num_threads(1)  # one core, as a Ray task with num_cpus=1 gets (Ray sets OMP_NUM_THREADS=1)
+    from bidpm.config import load_config
+    from bidpm.data.layouts import discover
+    from bidpm.data.volume import SliceSettings, slice_table, write_table
+
+    cfg = load_config(None, [f"data.num_slices={k}", f"data.image_size=[{size},{size}]"])
+    s = SliceSettings.from_data_config(cfg.data)
+    subjects = discover("brats", root, "t1", "t2", None)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    n = 0
+    for rec in subjects:
+        table, _ = slice_table(rec, rec.subject, "train", s)
+        n += write_table(table, str(Path(out_dir) / f"{rec.subject}.parquet"), s.row_group_rows)[0]
     hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
     out.put((n, time.perf_counter() - t, hwm / 1024))
 
@@ -95,6 +128,11 @@ def main() -> None:
     n_bare, t_bare, rss_bare = q.get()
     p.join()
 
+    p = mp.get_context("spawn").Process(target=same_work_loop, args=(str(root), args.slices, args.size, str(work / "same_work"), q))
+    p.start()
+    n_same, t_same, rss_same = q.get()
+    p.join()
+
     import ray
 
     from bidpm.config import load_config
@@ -107,7 +145,12 @@ def main() -> None:
     warm = work / "warm"
     prepare_shards(load_config(None, [f"output_dir={warm}", "data.phantom.num_subjects=3", "data.phantom.shape=[24,24,10]",
                                       "data.num_slices=4", "data.image_size=[16,16]", "data.num_workers=2"]))
-    rows = [("bare nibabel loop (1 core)", n_bare, t_bare, 1, rss_bare, 0.0)]
+    # The tiny run can finish on one worker; make sure both have imported the ingest code, since a
+    # cold worker's first task pays ~1-2 s of imports (torch, pyarrow) that is a one-off per cluster.
+    ray.data.from_items([{"i": i} for i in range(4)], override_num_blocks=4).map(
+        _warm_worker, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=2)).take_all()
+    rows = [("bare nibabel loop (1 core)", n_bare, t_bare, 1, rss_bare, 0.0),
+            ("pipeline work, no Ray (1 core)", n_same, t_same, 1, rss_same, 0.0)]
     for workers in (1, 2):
         cfg = load_config(None, [*base, f"data.num_workers={workers}", f"data.shards_dir=shards_w{workers}"])
         with RssSampler() as rss:
@@ -120,12 +163,15 @@ def main() -> None:
         rows.append((f"ray data pipeline, {workers} worker(s)", n, dt, workers, rss.driver, rss.worker))
     ray.shutdown()
 
-    bare_rate = n_bare / t_bare
+    bare_rate, same_rate = n_bare / t_bare, n_same / t_same
     print(f"\nvolume size: {vol_mib:.1f} MiB float32 per modality; {args.slices} slices/volume -> {args.size}x{args.size}")
-    print(f"{'run':34s} {'slices':>7s} {'secs':>7s} {'slices/s':>9s} {'x bare':>7s} {'x bare/worker':>13s} {'RSS MiB (proc | max worker)':>28s}")
+    print(f"{'run':34s} {'slices':>7s} {'secs':>7s} {'slices/s':>9s} {'x bare':>7s} {'x bare/worker':>13s} "
+          f"{'x no-Ray/worker':>15s} {'RSS MiB (proc | max worker)':>28s}")
     for name, n, dt, w, r1, r2 in rows:
         rate = n / dt
-        print(f"{name:34s} {n:7d} {dt:7.2f} {rate:9.1f} {rate / bare_rate:7.2f} {rate / bare_rate / w:13.2f} {r1:12.0f} | {r2:6.0f}")
+        print(f"{name:34s} {n:7d} {dt:7.2f} {rate:9.1f} {rate / bare_rate:7.2f} {rate / bare_rate / w:13.2f} "
+              f"{rate / same_rate / w:15.2f} {r1:12.0f} | {r2:6.0f}")
+    print("x no-Ray/worker: slices/s per worker over the same per-subject work in one plain process (what Ray adds).")
     print("\nrerun: .venv/bin/python benchmarks/ingest.py " + " ".join(
         [f"--subjects {args.subjects}", f"--shape {' '.join(map(str, args.shape))}", f"--slices {args.slices}", f"--size {args.size}"]))
 

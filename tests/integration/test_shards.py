@@ -152,3 +152,40 @@ def test_killed_before_manifest_leaves_none(ray_session, tmp_path, monkeypatch):
     m = json.loads(path.read_text())
     assert len(list(path.parent.rglob("*.parquet"))) == len(m["files"]) == 6
     assert np.isclose(m["splits"]["train"]["slices"], 16)
+
+
+def test_grouped_tasks_write_the_same_shards_without_deprecated_calls(prepared, tmp_path):
+    """Several subjects per task (6 subjects in groups of 4 -> 2 tasks) gives the same shard bytes as
+    one subject per task, and the same version (a scheduling knob, not content); and Ray logs no deprecation (Ray Data
+    reports deprecated arguments through its loggers, not the warnings module)."""
+    import logging
+    import warnings
+
+    cfg, path = prepared
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    loggers = [logging.getLogger(n) for n in ("ray", "ray.data", "ray.train", "ray.tune")]  # ray.data does not propagate
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            grouped = prepare_shards(tiny_cfg(tmp_path, "data.subjects_per_task=4", "data.num_workers=2"))
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+    assert [r.getMessage() for r in records if "deprecat" in r.getMessage().lower()] == []
+    a, b = json.loads(path.read_text()), json.loads(grouped.read_text())
+    from bidpm.data.manifest import config_digest
+
+    assert config_digest(tiny_cfg(tmp_path, "data.subjects_per_task=4")) == config_digest(tiny_cfg(tmp_path))  # same version
+    assert [f["sha256"] for f in b["files"]] == [f["sha256"] for f in a["files"]]
+    assert b["content_digest"] == a["content_digest"] and b["volumes"] == a["volumes"]
+
+
+@pytest.mark.parametrize("n, per_task, workers, groups", [(64, None, 2, 8), (64, None, 1, 4), (5, None, 4, 5), (7, 3, 2, 3), (0, None, 2, 0)])
+def test_task_groups_cover_every_subject_once_in_order(n, per_task, workers, groups):
+    tasks = [{"subject": f"s{i}"} for i in range(n)]
+    out = shards_mod.task_groups(tasks, per_task, workers)
+    assert len(out) == groups and [t for g in out for t in g] == tasks

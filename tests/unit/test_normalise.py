@@ -69,11 +69,24 @@ def test_resize_antialiases_downsampling():
     assert aliased.abs().max() > 0.8
 
 
-@pytest.mark.parametrize("shape,size", [((2, 40, 30), (16, 24)), ((1, 20, 20), (32, 48)), ((1, 9, 60), (9, 17))])
-def test_resize_matches_torch_antialiased_bilinear(shape, size):
-    x = np.random.default_rng(2).uniform(-1, 1, shape).astype(np.float32)
-    ref = F.interpolate(torch.from_numpy(x)[:, None], size=size, mode="bilinear", antialias=True, align_corners=False)[:, 0]
-    np.testing.assert_allclose(resize_slices(x, size), ref.numpy(), atol=1e-5)
+def _triangle_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of anti-aliased linear resampling, written out from its definition (the
+    PIL 'bilinear' filter): output pixel i is centred at (i + 0.5) * s in input coordinates, s =
+    n_in / n_out; input pixel j (centre j + 0.5) gets weight max(0, 1 - |d| / r) with r = max(s, 1)
+    (the triangle widened by the scale when downsampling), then rows are normalised to sum to one."""
+    s = n_in / n_out
+    r = max(s, 1.0)
+    centre = (np.arange(n_out) + 0.5) * s
+    d = (np.arange(n_in)[None, :] + 0.5) - centre[:, None]
+    w = np.clip(1.0 - np.abs(d) / r, 0.0, None)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("shape,size", [((2, 40, 30), (16, 24)), ((1, 20, 20), (32, 48)), ((1, 9, 60), (9, 17)), ((1, 240, 240), (192, 192))])
+def test_resize_matches_numpy_triangle_filter(shape, size):
+    x = np.random.default_rng(2).uniform(-1, 1, shape)
+    ref = np.einsum("hx,kxy,wy->khw", _triangle_weights(shape[1], size[0]), x, _triangle_weights(shape[2], size[1]))
+    np.testing.assert_allclose(resize_slices(x.astype(np.float32), size), ref, atol=1e-5)
 
 
 def test_resize_keeps_range_constant_and_mask_binary():

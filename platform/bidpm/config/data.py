@@ -94,6 +94,9 @@ class DataConfig(Section):
     row_group_rows: int = Field(64, ge=1, description="Parquet row-group size (rows) - the unit readers stream")
     num_workers: Optional[int] = Field(None, ge=1, description="concurrent ingest tasks; unset = as many as the cluster's CPUs allow")
     cpus_per_task: float = Field(1.0, gt=0.0)
+    subjects_per_task: Optional[int] = Field(
+        None, ge=1, description="volume pairs one ingest task processes in turn (memory: still one pair at a time); "
+        "unset = enough for about 4 tasks per worker, which amortises Ray Data's per-task cost")
     phantom: PhantomConfig = Field(default_factory=PhantomConfig)
 
     @field_validator("image_size")

@@ -21,10 +21,10 @@ def ct_params(window: Sequence[float]) -> dict:
 
 def mr_params(volume: np.ndarray, mask: np.ndarray, percentiles: Sequence[float]) -> dict:
     """Percentiles of ``volume[mask > 0]``. Raises ValueError when they coincide (flat inside the mask)."""
-    inside = volume[mask > 0]
+    inside = volume[mask if mask.dtype == bool else mask > 0]  # a fresh copy: percentile may reorder it
     if inside.size == 0:
         raise ValueError("mask is empty")
-    low, high = (float(v) for v in np.percentile(inside, list(percentiles)))
+    low, high = (float(v) for v in np.percentile(inside, list(percentiles), overwrite_input=True))
     if not high > low:
         raise ValueError(f"intensities inside the mask are constant between percentiles {list(percentiles)} (value {low})")
     return {"kind": "mr_percentile", "percentiles": [float(p) for p in percentiles], "low": low, "high": high}

@@ -122,8 +122,9 @@ def slice_table(rec: SubjectFiles, pseudonym: str, split: str, s: SliceSettings)
         idx = mask_slices(mask)
     p_src = _params(rec.subject, "source", rec.source or "?", s.source_modality, src, mask, s)
     p_tgt = _params(rec.subject, "target", rec.target or "?", s.target_modality, tgt, mask, s)
-    # (X, Y, Z)[..., idx] -> (K, X, Y) -> (K, H, W)
-    take = lambda v: np.moveaxis(v[:, :, idx], 2, 0)  # noqa: E731
+    # (X, Y, Z)[..., idx] -> (K, X, Y) -> (K, H, W); a run of slices is a view (no gather copy)
+    sel = slice(int(idx[0]), int(idx[-1]) + 1) if len(idx) and np.array_equal(idx, np.arange(idx[0], idx[-1] + 1)) else idx
+    take = lambda v: np.moveaxis(v[:, :, sel], 2, 0)  # noqa: E731
     x_src = resize_slices(normalise(take(src.data), p_src), s.image_size)
     x_tgt = resize_slices(normalise(take(tgt.data), p_tgt), s.image_size)
     x_mask = resize_slices(take(mask).astype(np.float32), s.image_size, is_mask=True)
@@ -154,9 +155,16 @@ def slice_table(rec: SubjectFiles, pseudonym: str, split: str, s: SliceSettings)
 
 
 def write_table(table: pa.Table, location: str, row_group_rows: int) -> tuple[int, str]:
-    """Parquet bytes -> ``location`` atomically; returns (rows, sha256 of the file bytes)."""
+    """Parquet bytes -> ``location`` atomically; returns (rows, sha256 of the file bytes).
+
+    Dictionary encoding and min/max statistics only for the small scalar columns: on the float image
+    columns pyarrow's default dictionary attempt made the write 4x slower and the file 1.5x larger
+    (measured: 17 ms vs 4 ms per 32-slice 64-px subject), and image statistics help no reader.
+    """
+    scalar = [f.name for f in table.schema if not isinstance(f.type, pa.ExtensionType)]
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, row_group_size=row_group_rows)
+    pq.write_table(table, sink, row_group_size=row_group_rows, use_dictionary=strings, write_statistics=scalar)
     data = sink.getvalue().to_pybytes()
     storage.write_bytes_atomic(location, data)
     return table.num_rows, hashlib.sha256(data).hexdigest()

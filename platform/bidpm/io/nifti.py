@@ -39,7 +39,9 @@ class Volume:
     """A 3-D scalar volume in RAS+ voxel order (closest canonical orientation).
 
     data: (X, Y, Z) float32, axis 0 -> Right, 1 -> Anterior, 2 -> Superior (transverse slices are
-    ``data[:, :, k]``). affine: 4x4 voxel -> world (mm) of ``data``. ``original_axcodes`` /
+    ``data[:, :, k]``). It is usually a strided view of the decoded voxels (flips/transposes, no
+    copy): ingest uses a few slices of each volume, and copying the whole volume into RAS order cost
+    as much as decompressing it. Copy (``np.ascontiguousarray``) where contiguity matters. affine: 4x4 voxel -> world (mm) of ``data``. ``original_axcodes`` /
     ``original_shape`` / ``original_affine`` describe the file as stored, so outputs can be put back.
     """
 
@@ -129,17 +131,17 @@ def read_volume(raw: bytes, name: str, *, check_constant: bool = True) -> Volume
         arr = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except Exception as exc:
         raise NiftiError(name, "truncated", f"voxel data unreadable ({type(exc).__name__}: {exc})", "re-copy or re-export the file") from None
-    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-    if bad:
+    if not np.isfinite(arr).all():
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise NiftiError(name, "non_finite", f"{bad} NaN/Inf voxels", "replace them (e.g. with the background value) before ingest")
     if check_constant and float(arr.max()) == float(arr.min()):
         raise NiftiError(name, "constant", f"constant volume (every voxel = {float(arr.min())})", "check the export; an empty or blank volume cannot be normalised")
     ornt = io_orientation(original_affine)
-    ras = apply_orientation(arr, ornt)
+    ras = apply_orientation(arr, ornt)  # flips + transpose: a view
     affine = original_affine @ inv_ornt_aff(ornt, shape)
     spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
     return Volume(
-        data=np.ascontiguousarray(ras, dtype=np.float32),
+        data=ras,
         affine=affine,
         spacing=spacing,  # type: ignore[arg-type]
         original_axcodes=tuple(nib.aff2axcodes(original_affine)),  # type: ignore[arg-type]
