@@ -115,6 +115,11 @@ def test_bidpm_ddp_mixed_batches_recovers_a_killed_worker_and_converges(make_cfg
             assert np.isfinite(m[f"val/{d}_{k}_mean"]) and np.isfinite(m[f"val/{d}_{k}_std"])
     assert m["val/ssim_mean"] == pytest.approx(0.5 * (m["val/fwd_ssim_mean"] + m["val/bwd_ssim_mean"]))
     assert m["train/images_per_s"] > 0 and "train/loss/paired" in m and "train/loss/unpaired" in m
+    # data-stall timings: the first batch's wait is part of all waits, and the steady-state step time
+    # (epoch less that first wait, per step) fits inside the epoch
+    for _, r in table.iterrows():
+        assert 0 <= r["train/first_batch_s"] <= r["train/data_wait_s"] <= r["train/epoch_time_s"]
+        assert 0 < r["train/step_time_s"] * r["train/steps"] <= r["train/epoch_time_s"] - r["train/first_batch_s"] + 1e-6
 
     # the latest checkpoint reloads into models that synthesise what validation measured
     ckpt_dir = result.checkpoint.path

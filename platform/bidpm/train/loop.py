@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import nn
 import ray.train
 import ray.train.torch
 from bidpm.config import Config, config_from_dict
-from bidpm.method import Method, build_method
+from bidpm.method import Batch, Method, build_method
 from bidpm.metrics import MetricAccumulator, image_metrics
 from bidpm.model import EMA, build_velocity_field, unwrap_model
 from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, VAL, as_images, worker_batches
@@ -90,11 +90,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
         steps_this_epoch, n_micro, images, t_start = 0, 0, 0, time.perf_counter()
-        batches = worker_batches(
+        waits: list[float] = []  # seconds waited for each batch (data stalls)
+        batches = _timed(worker_batches(
             {n: ray.train.get_dataset_shard(n) for n in train_names},
             batch_size=tc.batch_size, image_size=image_size, seed=tc.seed, epoch=epoch, rank=rank,
             shuffle_buffer_rows=tc.shuffle_buffer_rows,
-        )
+        ), waits)
         for micro, batch in enumerate(batches):
             batch = batch.to(device)
             last_micro = (micro + 1) % tc.grad_accum == 0
@@ -131,6 +132,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "resumed_from_step": resumed_from_step,
             "train/steps": steps_this_epoch,
             "train/epoch_time_s": seconds,
+            # data stalls: the first batch carries the per-epoch start of the streaming pipeline (Ray
+            # Data re-executes it each epoch), later waits are the steady-state input stall
+            "train/first_batch_s": waits[0] if waits else 0.0,
+            "train/data_wait_s": sum(waits),
+            "train/step_time_s": (seconds - (waits[0] if waits else 0.0)) / max(steps_this_epoch, 1),
             # equal shards: every worker streams as many rows, so world x local rate = global rate
             "train/images_per_s": world * images / max(seconds, 1e-9),
             **{f"train/{k}": v / max(n_micro, 1) for k, v in sums.items()},
@@ -193,6 +199,18 @@ def validate(
         out[f"val/{k}_mean"] = 0.5 * (out[f"val/fwd_{k}_mean"] + out[f"val/bwd_{k}_mean"])
     out["val/images"] = n_images
     return out, tuple(torch.cat(k) for k in shown)
+
+
+def _timed(batches: Iterable[Batch], waits: list[float]) -> Iterator[Batch]:
+    """Yield ``batches``, appending to ``waits`` the seconds spent waiting for each one."""
+    it = iter(batches)
+    while True:
+        t = time.perf_counter()
+        batch = next(it, None)
+        waits.append(time.perf_counter() - t)
+        if batch is None:
+            return
+        yield batch
 
 
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
