@@ -82,7 +82,9 @@ class TuneConfig(Section):
     mode: Literal["max", "min"] = "max"
     seed: int = 0
     scheduler: Literal["asha", "fifo"] = Field("asha", description="asha: early-stop weak trials; fifo: run all to the end")
-    asha_grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
+    asha_grace_period: int = Field(
+        1, ge=1, description="epochs every trial runs before it can be stopped; set it where a pilot run's ranking of "
+        "configs settles (benchmarks/asha_vs_grid.py: too early and ASHA stops the configs that start slowly but end best)")
     asha_reduction_factor: float = Field(2.0, gt=1.0)
     trial_cpus: float = Field(0.25, gt=0.0, description="CPU held by the trial driver itself (workers ask for their own)")
     resume: bool = Field(True, description="same experiment_name: restore and run only the unfinished part")
