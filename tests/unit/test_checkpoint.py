@@ -47,7 +47,7 @@ def test_round_trip_synthesises_the_same_and_resumes_the_same_step(tmp_path):
         one_step(model, ema, opt, method, x_0, x_1)
     save_checkpoint(tmp_path, model=model, ema=ema, optimizer=opt, step=3, epoch=1, cfg=cfg, manifest_digest="abc")
     assert (tmp_path / STATE_FILE).is_file() and (tmp_path / CONFIG_FILE).is_file()
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([STATE_FILE, CONFIG_FILE])  # no temp file left
 
     model2, ema_model2, cfg2 = load_checkpoint_model(tmp_path)
     assert cfg2 == cfg and not ema_model2.training

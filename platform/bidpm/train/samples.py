@@ -9,12 +9,15 @@ enlarged by an integer factor (nearest neighbour: pixels stay pixels) so a tile 
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torch import Tensor
+
+from bidpm.data.storage import write_bytes_atomic
 
 SAMPLES_FILE = "samples.png"
 MIN_TILE = 128
@@ -46,9 +49,9 @@ def display_scale(h: int, w: int) -> int:
 def save_sample_grid(directory: str | os.PathLike, source: Tensor, fwd: Tensor, target: Tensor, bwd: Tensor) -> Path:
     """Write ``samples.png`` into ``directory`` (temp name, then renamed); returns its path."""
     final = Path(directory) / SAMPLES_FILE
-    tmp = final.with_name(final.name + ".tmp")
     scale = display_scale(source.shape[-2], source.shape[-1])
     grid = np.kron(grid_array(source, fwd, target, bwd), np.ones((scale, scale), dtype=np.uint8))
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, final)
+    buf = io.BytesIO()
+    Image.fromarray(grid).save(buf, format="PNG")
+    write_bytes_atomic(str(final), buf.getvalue())
     return final
