@@ -3,8 +3,7 @@
     .venv/bin/python benchmarks/ingest.py [--subjects 12] [--shape 96 96 48] [--slices 32] [--size 64]
 
 Prints slices/s, per-worker ratio to the bare loop and to the pipeline's own work run in one plain
-process without Ray, and peak RSS (bare loop process; driver; largest
-Ray worker), side by side. The pipeline does more than the bare loop (RAS reorientation, checks,
+process without Ray, and peak RSS (bare loop process; driver; largest Ray worker), side by side. The pipeline does more than the bare loop (RAS reorientation, checks,
 normalisation, anti-aliased resize, Parquet write, manifest), so the ratio is the cost of all that
 plus Ray's scheduling. Workers are warmed up on a separate tiny run first (process start + imports
 are a one-off per cluster, not per volume).
@@ -27,6 +26,21 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _peak_rss_mib() -> float:
+    """VmHWM (peak RSS of this process image); ru_maxrss would carry the parent's peak across exec."""
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
+
+
+def _in_fresh_process(target, *args) -> tuple[int, float, float]:
+    """Run ``target(*args, queue)`` in a spawned process (its own core and RSS); (slices, seconds, peak MiB)."""
+    q: mp.Queue = mp.get_context("spawn").Queue()
+    p = mp.get_context("spawn").Process(target=target, args=(*args, q))
+    p.start()
+    result = q.get()
+    p.join()
+    return result
+
+
 def bare_loop(root: str, k: int, out: mp.Queue) -> None:
     """One core: load both volumes with nibabel, take the central k transverse slices."""
     t = time.perf_counter()
@@ -40,9 +54,7 @@ def bare_loop(root: str, k: int, out: mp.Queue) -> None:
             slices = np.ascontiguousarray(np.moveaxis(vol[:, :, z0:z0 + k], 2, 0))
             assert slices.shape[0] == k
         n += k
-    # VmHWM (peak RSS of this process image); ru_maxrss would carry the parent's peak across exec
-    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-    out.put((n, time.perf_counter() - t, hwm / 1024))
+    out.put((n, time.perf_counter() - t, _peak_rss_mib()))
 
 
 def _warm_worker(row: dict) -> dict:
@@ -67,13 +79,13 @@ def same_work_loop(root: str, k: int, size: int, out_dir: str, out: mp.Queue) ->
     s = SliceSettings.from_data_config(cfg.data)
     subjects = discover("brats", root, "t1", "t2", None)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    slice_table(subjects[0], subjects[0].subject, "train", s)  # warm-up (first-call costs), as the Ray workers get
     t = time.perf_counter()
     n = 0
     for rec in subjects:
         table, _ = slice_table(rec, rec.subject, "train", s)
         n += write_table(table, str(Path(out_dir) / f"{rec.subject}.parquet"), s.row_group_rows)[0]
-    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-    out.put((n, time.perf_counter() - t, hwm / 1024))
+    out.put((n, time.perf_counter() - t, _peak_rss_mib()))
 
 
 class RssSampler:
@@ -122,16 +134,8 @@ def main() -> None:
     print(f"phantoms: {args.subjects} subjects {args.shape} in {time.perf_counter() - t:.1f}s under {work}")
     vol_mib = np.prod(args.shape) * 4 / 2**20
 
-    q: mp.Queue = mp.get_context("spawn").Queue()
-    p = mp.get_context("spawn").Process(target=bare_loop, args=(str(root), args.slices, q))
-    p.start()
-    n_bare, t_bare, rss_bare = q.get()
-    p.join()
-
-    p = mp.get_context("spawn").Process(target=same_work_loop, args=(str(root), args.slices, args.size, str(work / "same_work"), q))
-    p.start()
-    n_same, t_same, rss_same = q.get()
-    p.join()
+    n_bare, t_bare, rss_bare = _in_fresh_process(bare_loop, str(root), args.slices)
+    n_same, t_same, rss_same = _in_fresh_process(same_work_loop, str(root), args.slices, args.size, str(work / "same_work"))
 
     import ray
 

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from bidpm.cli import job_parser, parse_job_args, run_main  # noqa: E402
 from bidpm.config import Config, ConfigError, config_from_dict  # noqa: E402
+from bidpm.data.layouts import NIFTI_SUFFIXES  # noqa: E402
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 # --- the model ------------------------------------------------------------------------------------

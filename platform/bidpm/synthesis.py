@@ -152,7 +152,7 @@ def _load_mask(path: str | os.PathLike) -> Volume:
     return read_volume(p.read_bytes(), str(p), check_constant=False)
 
 
-def _as_mask(mask: Optional[str | os.PathLike | Volume | np.ndarray], vol: Volume, name: str) -> np.ndarray:
+def _as_mask(mask: Optional[str | os.PathLike | Volume | np.ndarray], vol: Volume, name: str, atol: float) -> np.ndarray:
     """(X, Y, Z) bool in RAS order. None -> nonzero voxels of the input (the ingest's no-mask rule)."""
     if mask is None:
         return vol.data != 0
@@ -160,7 +160,7 @@ def _as_mask(mask: Optional[str | os.PathLike | Volume | np.ndarray], vol: Volum
         m = mask
     else:
         mv = mask if isinstance(mask, Volume) else _load_mask(mask)
-        if mv.data.shape != vol.data.shape or not np.allclose(mv.affine, vol.affine, atol=1e-3):
+        if mv.data.shape != vol.data.shape or not np.allclose(mv.affine, vol.affine, atol=atol):
             raise SynthesisError(f"{name}: mask {mask if not isinstance(mask, Volume) else '<volume>'} has shape "
                                  f"{mv.original_shape} / another affine than the input's {vol.original_shape}; "
                                  "give the mask on the input's grid")
@@ -200,7 +200,7 @@ def synthesize_volume(
     if in_mod in cfg.data.ct_modalities:
         p_in = ct_params(cfg.data.ct_window)  # a fixed window: no mask needed
     else:
-        p_in = input_params(cfg, in_mod, vol, _as_mask(mask, vol, name), name)
+        p_in = input_params(cfg, in_mod, vol, _as_mask(mask, vol, name, cfg.data.geometry_atol), name)
     p_out = out_params or output_params(cfg, out_mod)
     if cfg.model.in_channels != 1:
         raise SynthesisError(f"model.in_channels is {cfg.model.in_channels}; volume synthesis feeds one channel per transverse slice")

@@ -5,8 +5,8 @@ splits, then ``ray.data.from_items(groups).flat_map(_ingest_group)`` runs a few 
 (``task_groups``), one volume pair at a time: read -> RAS -> checks -> slices -> Parquet file
 ``<split>/<subject>.parquet`` written by the task itself.
 Only a small result row per subject (counts, sha256, geometry, or the error) returns to the driver,
-so driver memory is independent of dataset size and a task holds one pair at a time. The manifest is written
-last, atomically; then the CURRENT pointer. Why tasks write their own files instead of
+so driver memory is independent of dataset size and a task holds one pair at a time. The manifest
+is written last, atomically; then the CURRENT pointer. Why tasks write their own files instead of
 ``Dataset.write_parquet``: the file names are then deterministic (one per subject), so the content
 digest is reproducible and the volume metadata arrives with the rows' file, in the same pass.
 

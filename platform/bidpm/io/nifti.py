@@ -41,8 +41,9 @@ class Volume:
     data: (X, Y, Z) float32, axis 0 -> Right, 1 -> Anterior, 2 -> Superior (transverse slices are
     ``data[:, :, k]``). It is usually a strided view of the decoded voxels (flips/transposes, no
     copy): ingest uses a few slices of each volume, and copying the whole volume into RAS order cost
-    as much as decompressing it. Copy (``np.ascontiguousarray``) where contiguity matters. affine: 4x4 voxel -> world (mm) of ``data``. ``original_axcodes`` /
-    ``original_shape`` / ``original_affine`` describe the file as stored, so outputs can be put back.
+    as much as decompressing it. Copy (``np.ascontiguousarray``) where contiguity matters.
+    affine: 4x4 voxel -> world (mm) of ``data``. ``original_axcodes`` / ``original_shape`` /
+    ``original_affine`` describe the file as stored, so outputs can be put back.
     """
 
     data: np.ndarray
@@ -131,8 +132,8 @@ def read_volume(raw: bytes, name: str, *, check_constant: bool = True) -> Volume
         arr = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except Exception as exc:
         raise NiftiError(name, "truncated", f"voxel data unreadable ({type(exc).__name__}: {exc})", "re-copy or re-export the file") from None
-    if not np.isfinite(arr).all():
-        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
         raise NiftiError(name, "non_finite", f"{bad} NaN/Inf voxels", "replace them (e.g. with the background value) before ingest")
     if check_constant and float(arr.max()) == float(arr.min()):
         raise NiftiError(name, "constant", f"constant volume (every voxel = {float(arr.min())})", "check the export; an empty or blank volume cannot be normalised")

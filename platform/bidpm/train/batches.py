@@ -101,7 +101,7 @@ def uniform_batches(stream: Iterable[RowBatch], image_size: tuple[int, int]) -> 
     for rows in stream:
         x_0 = as_images(rows["source"], image_size)
         x_1 = as_images(rows["target"], image_size)
-        yield Batch(source=x_0, target=x_1, paired=torch.ones(x_0.shape[0], dtype=torch.bool, device=x_0.device))
+        yield Batch.fully_paired(x_0, x_1)
 
 
 def mixed_batches(

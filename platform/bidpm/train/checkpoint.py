@@ -18,7 +18,6 @@ The directory is what ``ray.train.report(checkpoint=Checkpoint.from_directory(di
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -28,7 +27,6 @@ import torch
 from torch import nn
 
 from bidpm.config import Config, config_from_dict
-from bidpm.data.storage import write_bytes_atomic
 from bidpm.model import EMA, build_velocity_field, unwrap_model
 
 CHECKPOINT_FORMAT = 1
@@ -63,10 +61,8 @@ def save_checkpoint(
         "config": cfg.to_dict(),
         "manifest_digest": str(manifest_digest),
     }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    write_bytes_atomic(str(d / STATE_FILE), buf.getvalue())  # a crash never leaves a partial file under the real name
-    write_bytes_atomic(str(d / CONFIG_FILE), json.dumps(state["config"], indent=2).encode())
+    _atomic_write(d / STATE_FILE, lambda p: torch.save(state, p))
+    _atomic_write(d / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(state["config"], indent=2)))
     return d
 
 
@@ -119,3 +115,13 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
+
+
+def _atomic_write(final: Path, write) -> None:
+    """Write to ``<name>.tmp`` then rename: a crash never leaves a partial file under the real name.
+
+    Not ``storage.write_bytes_atomic``: that needs the bytes in memory, and the state (model, EMA and
+    Adam moments) is the largest thing a worker writes; ``torch.save`` streams it to the file."""
+    tmp = final.with_name(final.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, final)

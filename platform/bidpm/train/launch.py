@@ -29,6 +29,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, Result, RunCo
 from ray.train.torch import TorchTrainer
 
 from bidpm.config import Config
+from bidpm.data import storage
 from bidpm.data.manifest import manifest_digest
 from bidpm.data.shards import load_manifest, read_split
 from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, VAL, split_sizes
@@ -120,7 +121,6 @@ def run_training(
     Needs a connected Ray (``ray.init``) and prepared shards (``jobs/prepare_data.py``).
     """
     cfg = cfg.model_copy(deep=True)
-    cfg.output_dir = str(Path(cfg.output_dir).resolve())  # workers chdir into the run folder
     cfg.train.run_name = name or cfg.train.run_name
     if storage_path is not None:
         cfg.train.storage_path = storage_path
@@ -169,4 +169,4 @@ def _check_steps(cfg: Config, datasets: Mapping[str, ray.data.Dataset]) -> None:
 
 
 def _local_run_dir(storage_path: str, name: str) -> Optional[Path]:
-    return None if "://" in storage_path else Path(storage_path) / name
+    return None if storage.is_uri(storage_path) else Path(storage_path) / name

@@ -106,7 +106,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 scaler.scale(out.total / tc.grad_accum).backward()
             for k, v in out.components.items():
                 sums[k] += float(v)
-            sums["loss"] += float(out.total.detach())
+            sums["loss"] += out.components["loss/total"]  # already a host float: no second device sync
             images += batch.source.shape[0]
             n_micro += 1
             if not last_micro:

@@ -23,6 +23,7 @@ import functools
 from typing import Any, Callable, Optional
 
 from ..config import Config, SearchSpaceConfig
+from ..method.base import uniform_grid
 
 
 def _float(trial: Any, name: str, bounds: list[float], log: bool = False) -> float:
@@ -70,7 +71,7 @@ def time_grid(trial: Any, space: SearchSpaceConfig, n_steps: int) -> list[float]
     if n_steps == 1:
         return [0.0, 1.0]
     if space.grid_placement == "uniform":
-        return [round(i / n_steps, 6) for i in range(n_steps)] + [1.0]
+        return [round(t, 6) for t in uniform_grid(n_steps)]
     if space.grid_placement == "warp":
         gamma = _float(trial, "warp_gamma", space.warp_gamma, log=True)
         return warp_grid(n_steps, gamma, space.min_gap)
