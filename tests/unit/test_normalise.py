@@ -99,3 +99,32 @@ def test_resize_keeps_range_constant_and_mask_binary():
     mo = resize_slices(m, (16, 16), is_mask=True)
     assert set(np.unique(mo)) <= {0.0, 1.0}
     np.testing.assert_array_equal(resize_slices(m, (40, 30), is_mask=True), m)  # same size: identity
+
+
+@pytest.mark.parametrize("flip_x,transpose", [(False, False), (True, False), (True, True)])
+def test_mr_percentiles_on_reoriented_views_match_numpy(flip_x, transpose):
+    # Ingest hands mr_params flipped/transposed views of the decoded buffer (RAS order of an LPS
+    # file), with a mask that may have a different memory layout; the multiset inside must not change.
+    rng = np.random.default_rng(3)
+    raw = rng.normal(100.0, 30.0, (7, 9, 5)).astype(np.float32)
+    view = raw[::-1] if flip_x else raw
+    view = view.transpose(2, 0, 1) if transpose else view
+    mask = np.ascontiguousarray(view > 90.0)  # C-ordered, unlike the view
+    ref = np.percentile(np.ascontiguousarray(view)[mask], [5.0, 95.0])
+    p = mr_params(view, mask, [5.0, 95.0])
+    np.testing.assert_allclose([p["low"], p["high"]], ref, rtol=1e-6)
+    p_f = mr_params(np.asfortranarray(view), mask.astype(np.uint8), [5.0, 95.0])
+    np.testing.assert_allclose([p_f["low"], p_f["high"]], ref, rtol=1e-6)
+
+
+def test_nonzero_mask_matches_plain_numpy_on_reoriented_views():
+    from bidpm.data.volume import nonzero_mask
+
+    rng = np.random.default_rng(4)
+    a_raw = rng.integers(0, 3, (6, 5, 4)).astype(np.float32)
+    b_raw = rng.integers(0, 3, (6, 5, 4)).astype(np.float32)
+    for view in (lambda x: x, lambda x: x[::-1, :, ::-1], lambda x: x[:, ::-1].transpose(1, 2, 0)):
+        a, b = view(a_raw), view(b_raw)
+        np.testing.assert_array_equal(nonzero_mask(a, b), (np.asarray(a) != 0) | (np.asarray(b) != 0))
+    np.testing.assert_array_equal(nonzero_mask(a_raw[::-1], np.ascontiguousarray(b_raw[::-1])),
+                                  (a_raw[::-1] != 0) | (b_raw[::-1] != 0))

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bidpm.io.nifti import NiftiError, Volume, read_volume
+from bidpm.io.nifti import NiftiError, Volume, from_memory_order, memory_order, read_volume
 
 from . import storage
 from .layouts import Problem, SubjectFiles
@@ -80,6 +80,15 @@ def _check_geometry(subject: str, ref: Volume, other: Volume, role: str, locatio
             "co-register / resample the pair onto one grid, or raise data.geometry_atol if the difference is rounding"))
 
 
+def nonzero_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(a != 0) | (b != 0)`` computed in ``a``'s buffer order (see ``memory_order``), returned as a
+    view in ``a``'s axis order."""
+    am, bm = memory_order(a, b)
+    m = np.not_equal(am, 0)
+    m |= np.not_equal(bm, 0)
+    return from_memory_order(a, m)
+
+
 def load_pair(rec: SubjectFiles, s: SliceSettings) -> tuple[Volume, Volume, np.ndarray, str]:
     """(source, target, mask (X, Y, Z) bool, mask origin "file" | "nonzero"); raises VolumeError."""
     if rec.problem is not None:
@@ -94,7 +103,7 @@ def load_pair(rec: SubjectFiles, s: SliceSettings) -> tuple[Volume, Volume, np.n
         if not mask.any():
             raise VolumeError(rec.subject, Problem("empty_mask", "mask", rec.mask, "mask is empty (no voxel > 0)", "fix the mask or set data.skip_bad=true"))
     else:  # skull-stripped data (BraTS): background is exactly 0 in both images
-        mask, origin = (src.data != 0) | (tgt.data != 0), "nonzero"
+        mask, origin = nonzero_mask(src.data, tgt.data), "nonzero"
     return src, tgt, mask, origin
 
 
@@ -133,8 +142,8 @@ def slice_table(rec: SubjectFiles, pseudonym: str, split: str, s: SliceSettings)
         "subject": pa.array([pseudonym] * k, pa.string()),
         "slice": pa.array(idx.astype(np.int32), pa.int32()),
         "split": pa.array([split] * k, pa.string()),
-        "source": pa.FixedShapeTensorArray.from_numpy_ndarray(np.clip(x_src, -1.0, 1.0)),
-        "target": pa.FixedShapeTensorArray.from_numpy_ndarray(np.clip(x_tgt, -1.0, 1.0)),
+        "source": pa.FixedShapeTensorArray.from_numpy_ndarray(np.clip(x_src, -1.0, 1.0, out=x_src)),  # fresh arrays
+        "target": pa.FixedShapeTensorArray.from_numpy_ndarray(np.clip(x_tgt, -1.0, 1.0, out=x_tgt)),
         "mask": pa.FixedShapeTensorArray.from_numpy_ndarray(x_mask),
     })
     meta = {

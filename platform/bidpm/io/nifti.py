@@ -10,17 +10,16 @@ aux_file, db_name, intent_name) are never read into a ``Volume``: they can carry
 
 from __future__ import annotations
 
-import gzip
 import os
 import struct
 import uuid
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+from isal import igzip, isal_zlib
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt2axcodes, ornt_transform
 
 NIFTI1_HEADER_BYTES = 348
 NIFTI2_HEADER_BYTES = 540
@@ -54,12 +53,39 @@ class Volume:
     original_affine: np.ndarray
 
 
+def _buffer_layout(ref: np.ndarray) -> tuple[tuple[slice, ...], list[int]]:
+    flip = tuple(slice(None, None, -1) if st < 0 else slice(None) for st in ref.strides)
+    perm = sorted(range(ref.ndim), key=lambda i: -abs(ref.strides[i]))
+    return flip, perm
+
+
+def memory_order(ref: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """``ref`` and ``others`` with the same axis flips and permutation, chosen so that ``ref`` (e.g.
+    ``Volume.data``, a reoriented view of the decoded buffer) walks its buffer forwards: C-contiguous
+    when it is a full view. Voxel correspondence between the arrays is kept, which is all an
+    order-free statistic (percentiles, masks, counts) needs. Why: element-wise ops and boolean
+    indexing on the flipped/transposed RAS view of an LPS file ran a strided walk, 6x slower than the
+    buffer's own order (measured on 128x128x64: indexing 5.1 vs 0.8 ms, a two-image mask 1.5 vs
+    0.2 ms). ``from_memory_order`` maps a result back."""
+    flip, perm = _buffer_layout(ref)
+    return [a[flip].transpose(perm) for a in (ref, *others)]
+
+
+def from_memory_order(ref: np.ndarray, arr: np.ndarray) -> np.ndarray:
+    """Inverse of ``memory_order(ref, ...)`` for an array computed in ``ref``'s memory order (a view)."""
+    flip, perm = _buffer_layout(ref)
+    return arr.transpose(np.argsort(perm))[flip]
+
+
 def _decompress(raw: bytes, name: str) -> bytes:
     if raw[:2] != b"\x1f\x8b":
         return raw
+    # Intel ISA-L's inflate (python-isal): same gzip semantics as the stdlib's (CRC and length checked,
+    # multi-member streams), 1.4x faster on 128x128x64 float32 phantoms (7.9 vs 11 ms a volume), and
+    # decompression is half of a bare load-and-slice loop.
     try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as exc:
+        return igzip.decompress(raw)
+    except (EOFError, OSError, isal_zlib.error) as exc:
         raise NiftiError(
             name, "corrupt_gzip", f"corrupt or truncated gzip stream ({exc})",
             "re-copy or re-export the file (`gzip -t FILE` confirms the damage)",
@@ -145,7 +171,7 @@ def read_volume(raw: bytes, name: str, *, check_constant: bool = True) -> Volume
         data=ras,
         affine=affine,
         spacing=spacing,  # type: ignore[arg-type]
-        original_axcodes=tuple(nib.aff2axcodes(original_affine)),  # type: ignore[arg-type]
+        original_axcodes=tuple(ornt2axcodes(ornt)),  # type: ignore[arg-type]  (= aff2axcodes, without a second io_orientation)
         original_shape=shape,
         original_affine=original_affine,
     )
