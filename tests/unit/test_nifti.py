@@ -137,3 +137,25 @@ def test_header_text_never_in_volume(tmp_path):
     p = _write(tmp_path / "h.nii", _ras_volume(), np.eye(4), descrip=b"Jane Doe 1970-01-01")
     v = load_nifti(p)
     assert "Jane" not in repr(v.__dict__)
+
+
+@pytest.mark.parametrize("dtype", [">f4", "<i2", ">i2", "<f8", "u1"])
+def test_unscaled_voxels_any_byte_order_and_type(tmp_path, dtype):
+    # The unscaled fast path reads voxels straight from the decompressed bytes; compare with the
+    # values written, for other byte orders and integer types too, and behind a header extension.
+    d = _ras_volume((7, 6, 5)).astype(dtype)
+    img = nib.Nifti1Image(d, np.eye(4))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"x" * 100))  # vox_offset > 352
+    img.set_data_dtype(np.dtype(dtype))
+    nib.save(img, str(tmp_path / "e.nii.gz"))
+    v = load_nifti(tmp_path / "e.nii.gz")
+    assert v.data.dtype == np.float32
+    np.testing.assert_array_equal(v.data, d.astype(np.float64))
+
+
+def test_constant_check_sees_a_single_differing_voxel(tmp_path):
+    # The constant check samples voxels first; a volume equal everywhere but one voxel the sample
+    # skips is still not constant.
+    d = np.full((40, 40, 30), 5.0, np.float32)
+    d[17, 23, 11] = 6.0
+    assert load_nifti(_write(tmp_path / "one.nii", d, np.eye(4))).data.max() == 6.0

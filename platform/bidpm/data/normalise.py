@@ -39,7 +39,7 @@ def normalise(x: np.ndarray, params: dict) -> np.ndarray:
     # One multiply-add and an in-place clip: the same map as clip-then-rescale (it is increasing),
     # with two float32 temporaries instead of five (ingest runs it on every kept slice).
     scale = 2.0 / (high - low)
-    y = np.multiply(x, scale, dtype=np.float32)
+    y = np.multiply(x, scale, dtype=np.float32, order="C")  # C order: what resize hands to torch, no second copy
     y -= np.float32(low * scale + 1.0)
     return np.clip(y, -1.0, 1.0, out=y)
 

@@ -136,7 +136,7 @@ def slice_table(rec: SubjectFiles, pseudonym: str, split: str, s: SliceSettings)
     take = lambda v: np.moveaxis(v[:, :, sel], 2, 0)  # noqa: E731
     x_src = resize_slices(normalise(take(src.data), p_src), s.image_size)
     x_tgt = resize_slices(normalise(take(tgt.data), p_tgt), s.image_size)
-    x_mask = resize_slices(take(mask).astype(np.float32), s.image_size, is_mask=True)
+    x_mask = resize_slices(take(mask).astype(np.float32, order="C"), s.image_size, is_mask=True)
     k = len(idx)
     table = pa.table({
         "subject": pa.array([pseudonym] * k, pa.string()),

@@ -109,6 +109,11 @@ def _check_scaling(slope: float, inter: float, name: str) -> None:
 def decode_nifti(raw: bytes, name: str) -> nib.Nifti1Image:
     """Raw file bytes (.nii or .nii.gz) -> nibabel image; rejects anything that is not single-file NIfTI
     with a real scalar voxel type and sane scaling."""
+    return _decode(raw, name)[0]
+
+
+def _decode(raw: bytes, name: str) -> tuple[nib.Nifti1Image, bytes]:
+    """``decode_nifti`` plus the decompressed bytes (for ``_voxels``' zero-copy path)."""
     data = _decompress(raw, name)
     if len(data) < NIFTI1_HEADER_BYTES:
         raise NiftiError(name, "not_nifti", f"not a NIfTI file ({len(data)} bytes, shorter than a header)", "point to a .nii or .nii.gz volume")
@@ -130,7 +135,19 @@ def decode_nifti(raw: bytes, name: str) -> nib.Nifti1Image:
     dtype = img.header.get_data_dtype()
     if dtype.kind not in "iuf" or dtype.fields is not None:
         raise NiftiError(name, "bad_scaling", f"voxel type {dtype} is not a real scalar (complex/RGB/bool)", "store one real-valued channel (int16/float32)")
-    return img
+    return img, data
+
+
+def _voxels(img: nib.Nifti1Image, data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+    """float32 voxels in file (Fortran) order. Unscaled files are read straight from ``data``
+    (``np.frombuffer``: no copy for float32, one cast otherwise); scaled ones through nibabel, whose
+    scaling rules we do not re-implement. Why: nibabel copies the voxels out of its BytesIO first,
+    ~0.5 ms a 4 MiB volume. Raises ValueError on truncated data."""
+    proxy = img.dataobj  # nibabel's own reading of offset, dtype, order and scaling
+    if proxy.slope != 1.0 or proxy.inter != 0.0 or proxy.order != "F":
+        return np.asarray(proxy, dtype=np.float32).reshape(shape)
+    arr = np.frombuffer(data, dtype=proxy.dtype, count=int(np.prod(proxy.shape)), offset=int(proxy.offset))
+    return arr.reshape(shape, order="F").astype(np.float32, copy=False)
 
 
 def _spatial_shape(img: nib.Nifti1Image, name: str) -> tuple[int, int, int]:
@@ -144,24 +161,35 @@ def _spatial_shape(img: nib.Nifti1Image, name: str) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+def _is_constant(arr: np.ndarray) -> bool:
+    """Exact, and nearly free for real volumes: two differing voxels among a strided sample already
+    prove the volume is not constant; only an all-equal sample needs the full min/max pass (which
+    cost ~0.8 ms a 4 MiB volume, a tenth of decompressing it)."""
+    flat = arr.ravel(order="K")  # a view for a C- or F-contiguous buffer
+    sample = flat[:: max(1, flat.size // 4096)]
+    if sample.min() != sample.max():
+        return False
+    return float(arr.max()) == float(arr.min())
+
+
 def read_volume(raw: bytes, name: str, *, check_constant: bool = True) -> Volume:
     """Decode, validate and reorient to RAS. ``name`` is used in messages (file path or URI).
 
     ``check_constant=False`` for masks (an all-ones mask is valid; emptiness is the caller's check).
     """
-    img = decode_nifti(raw, name)
+    img, data = _decode(raw, name)
     shape = _spatial_shape(img, name)
     original_affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(original_affine)) or abs(np.linalg.det(original_affine[:3, :3])) < 1e-12:
         raise NiftiError(name, "bad_affine", "affine is singular or not finite", "fix the qform/sform (e.g. fslorient)")
     try:
-        arr = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+        arr = _voxels(img, data, shape)
     except Exception as exc:
         raise NiftiError(name, "truncated", f"voxel data unreadable ({type(exc).__name__}: {exc})", "re-copy or re-export the file") from None
     bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
     if bad:
         raise NiftiError(name, "non_finite", f"{bad} NaN/Inf voxels", "replace them (e.g. with the background value) before ingest")
-    if check_constant and float(arr.max()) == float(arr.min()):
+    if check_constant and _is_constant(arr):
         raise NiftiError(name, "constant", f"constant volume (every voxel = {float(arr.min())})", "check the export; an empty or blank volume cannot be normalised")
     ornt = io_orientation(original_affine)
     ras = apply_orientation(arr, ornt)  # flips + transpose: a view
