@@ -46,10 +46,10 @@ def _sibling(name: str):
 def iter_split(cfg: Config, split: str, batch_size: int, max_slices: Optional[int]) -> Iterator[tuple]:
     """(source, target, mask) float32 numpy batches (B, 1, H, W) of ``split``, file by file."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     from bidpm.data import load_manifest
     from bidpm.data import storage
+    from bidpm.data.shards import read_shard_file
     from bidpm.data.manifest import DataError
 
     try:
@@ -62,9 +62,7 @@ def iter_split(cfg: Config, split: str, batch_size: int, max_slices: Optional[in
                           f"and rerun jobs/prepare_data.py, or pick --split val/train")
     seen = 0
     for f in files:
-        fs, path = storage.resolve(storage.join(m["location"], f["path"]))
-        with fs.open_input_file(path) as fh:
-            table = pq.read_table(fh, columns=["source", "target", "mask"])
+        table = read_shard_file(storage.join(m["location"], f["path"]), ["source", "target", "mask"])
         arrays = [table.column(k).combine_chunks().to_numpy_ndarray().astype(np.float32)[:, None] for k in ("source", "target", "mask")]
         for start in range(0, table.num_rows, batch_size):
             stop = start + batch_size

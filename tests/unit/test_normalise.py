@@ -128,3 +128,33 @@ def test_nonzero_mask_matches_plain_numpy_on_reoriented_views():
         np.testing.assert_array_equal(nonzero_mask(a, b), (np.asarray(a) != 0) | (np.asarray(b) != 0))
     np.testing.assert_array_equal(nonzero_mask(a_raw[::-1], np.ascontiguousarray(b_raw[::-1])),
                                   (a_raw[::-1] != 0) | (b_raw[::-1] != 0))
+
+
+@pytest.mark.parametrize("n", [10, 1000, 65536, 300_001])
+@pytest.mark.parametrize("kind", ["gamma", "ties", "sorted", "reversed"])
+def test_linear_percentiles_match_numpy(n, kind):
+    from bidpm.data.normalise import linear_percentiles
+
+    rng = np.random.default_rng(n)
+    x = {"gamma": lambda: rng.gamma(2.0, 100.0, n),
+         "ties": lambda: rng.integers(0, 7, n) * 10.0,  # heavy ties at every threshold
+         "sorted": lambda: np.sort(rng.normal(0, 1, n)),  # a strided sample of sorted data
+         "reversed": lambda: np.sort(rng.normal(0, 1, n))[::-1].copy()}[kind]().astype(np.float32)
+    ps = [0.0, 0.5, 1.0, 25.0, 50.0, 99.0, 99.5, 100.0]
+    got = linear_percentiles(x.copy(), ps)
+    np.testing.assert_allclose(got, np.percentile(x.astype(np.float64), ps), rtol=1e-6, atol=1e-6)
+
+
+def test_linear_percentiles_select_in_the_tails(monkeypatch):
+    # The point of linear_percentiles: for tail percentiles it partitions only a small tail, not x.
+    import importlib
+
+    nm = importlib.import_module("bidpm.data.normalise")
+
+    sizes = []
+    real = np.partition
+    monkeypatch.setattr(nm.np, "partition", lambda a, kth: sizes.append(a.size) or real(a, kth))
+    x = np.random.default_rng(0).gamma(2.0, 100.0, 300_001).astype(np.float32)
+    got = nm.linear_percentiles(x.copy(), [0.5, 99.5])
+    np.testing.assert_allclose(got, np.percentile(x, [0.5, 99.5]), rtol=1e-6)
+    assert len(sizes) == 2 and max(sizes) < x.size // 50, sizes

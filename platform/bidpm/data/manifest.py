@@ -22,7 +22,7 @@ from typing import Any, Iterable
 from . import storage
 from .layouts import SubjectFiles
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: image columns stored as fixed-size binary (bidpm.data.tensor_columns)
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT.json"
 PREPARE_HINT = "python jobs/prepare_data.py --config <your config>"

@@ -12,8 +12,8 @@ digest is reproducible and the volume metadata arrives with the rows' file, in t
 
 Reading (``read_split``): one Ray Data task per shard file listed in the manifest (never a directory
 listing, so stray files are ignored), read with pyarrow, plus a ``paired`` column computed from
-``pair_u`` at read time. Image columns are Arrow fixed-shape tensors: ``iter_torch_batches`` yields
-(B, H, W) float32 tensors. Note: string columns (``subject``) cannot become torch tensors with
+``pair_u`` at read time. Image columns (fixed-size binary on disk, ``tensor_columns``) come out as
+Arrow fixed-shape tensors: ``iter_torch_batches`` yields (B, H, W) float32 tensors. Note: string columns (``subject``) cannot become torch tensors with
 Ray's default collate; pass ``columns=TRAIN_COLUMNS`` (or ``ds.drop_columns(["subject"])``) before
 ``iter_torch_batches``.
 """
@@ -38,6 +38,7 @@ from .manifest import (
 )
 from .pairing import paired_flags
 from .split import SPLITS, assign_splits
+from .tensor_columns import decode_images
 from .volume import SliceSettings, VolumeError, slice_table, write_table
 
 READ_COLUMNS = ("subject", "slice", "source", "target", "mask")
@@ -211,8 +212,9 @@ def prepare_shards(cfg) -> Path | str:
         "pseudonymised": d.pseudonymise,
         "columns": {
             "subject": "string (pseudonym when pseudonymised)", "slice": "int32 (RAS z index)", "split": "string",
-            "source": f"float32 {list(d.image_size)} fixed-shape tensor in [-1, 1]", "target": "same as source",
-            "mask": f"float32 {list(d.image_size)} in {{0, 1}}",
+            "source": f"float32 {list(d.image_size)} in [-1, 1]; on disk fixed-size binary (little-endian, row-major; "
+                      "field metadata bidpm.tensor gives dtype and shape), read_split yields fixed-shape tensors",
+            "target": "same as source", "mask": f"float32 {list(d.image_size)} in {{0, 1}}, stored like source",
         },
         "splits": {
             s: {"subjects": sum(1 for r in good if r["split"] == s), "slices": sum(int(r["rows"]) for r in good if r["split"] == s)}
@@ -258,14 +260,17 @@ def _add_paired(table: pa.Table, ratio: float, seed: int, keep: Optional[bool], 
 
 def _read_files(batch: pa.Table, ratio: float, seed: int, keep: Optional[bool], columns: tuple[str, ...]) -> pa.Table:
     """One block per shard file (one subject): read it through its pyarrow filesystem, add ``paired``."""
+    tables = [read_shard_file(loc, READ_COLUMNS) for loc in batch.column("location").to_pylist()]
+    return _add_paired(pa.concat_tables(tables), ratio, seed, keep, columns)
+
+
+def read_shard_file(location: str, columns: Sequence[str] = READ_COLUMNS) -> pa.Table:
+    """One shard file (local path or URI) -> a table whose image columns are (H, W) float32 tensors."""
     import pyarrow.parquet as pq
 
-    tables = []
-    for loc in batch.column("location").to_pylist():
-        fs, path = storage.resolve(loc)
-        with fs.open_input_file(path) as f:
-            tables.append(pq.read_table(f, columns=list(READ_COLUMNS)))
-    return _add_paired(pa.concat_tables(tables), ratio, seed, keep, columns)
+    fs, path = storage.resolve(location)
+    with fs.open_input_file(path) as f:
+        return decode_images(pq.read_table(f, columns=list(columns)))
 
 
 def read_split(cfg, split: str, paired: Optional[bool] = None, *, columns: Sequence[str] = (*READ_COLUMNS, "paired")):
