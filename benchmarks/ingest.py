@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/ingest.py [--subjects 12] [--shape 96 96 48] [--slices 32] [--size 64]
 
 Prints slices/s, per-worker ratio to the bare loop and to the pipeline's own work run in one plain
-process without Ray, and peak RSS (bare loop process; driver; largest Ray worker), side by side. The pipeline does more than the bare loop (RAS reorientation, checks,
-normalisation, anti-aliased resize, Parquet write, manifest), so the ratio is the cost of all that
-plus Ray's scheduling. Workers are warmed up on a separate tiny run first (process start + imports
-are a one-off per cluster, not per volume).
+process without Ray, and peak RSS (bare loop process; driver; largest Ray worker), side by side.
+The pipeline does more than the bare loop (RAS reorientation, checks, normalisation, anti-aliased
+resize, Parquet write, manifest), so the ratio is the cost of all that plus Ray's scheduling; it
+also inflates .nii.gz with ISA-L, so a bare loop with ISA-L is shown too. Two bare loops run at
+once give the machine's own ceiling for two busy processes. Workers are warmed up on a separate
+tiny run first (process start + imports are a one-off per cluster, not per volume).
 """
 
 from __future__ import annotations
@@ -33,28 +35,66 @@ def _peak_rss_mib() -> float:
 
 def _in_fresh_process(target, *args) -> tuple[int, float, float]:
     """Run ``target(*args, queue)`` in a spawned process (its own core and RSS); (slices, seconds, peak MiB)."""
-    q: mp.Queue = mp.get_context("spawn").Queue()
-    p = mp.get_context("spawn").Process(target=target, args=(*args, q))
-    p.start()
-    result = q.get()
-    p.join()
-    return result
+    return _in_fresh_processes(target, [args])
 
 
-def bare_loop(root: str, k: int, out: mp.Queue) -> None:
-    """One core: load both volumes with nibabel, take the central k transverse slices."""
+def _in_fresh_processes(target, arg_lists: list[tuple]) -> tuple[int, float, float]:
+    """Run ``target(*args, queue)`` for each ``args`` in its own spawned process, all at once;
+    (slices summed, wall seconds from first start to last finish, largest peak MiB)."""
+    ctx = mp.get_context("spawn")
+    q: mp.Queue = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, q)) for args in arg_lists]
+    for p in procs:
+        p.start()
+    results = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    # each process times its own loop (after imports); with all started together the slowest bounds the wall time
+    return sum(r[0] for r in results), max(r[1] for r in results), max(r[2] for r in results)
+
+
+def bare_loop(root: str, k: int, part: tuple[int, int], isal: bool, out: mp.Queue) -> None:
+    """One core: load both volumes with nibabel, take the central k transverse slices. ``part`` =
+    (i, n): every n-th subject from the i-th, so n processes can share the subjects. ``isal``:
+    inflate with ISA-L (as the pipeline does) instead of nibabel's stdlib gzip, to show how much of
+    the pipeline's ratio is the faster decompressor."""
+    from isal import igzip
+
+    dirs = [d for d in sorted(Path(root).iterdir()) if d.is_dir()][part[0]::part[1]]
     t = time.perf_counter()
     n = 0
-    for d in sorted(Path(root).iterdir()):
-        if not d.is_dir():
-            continue
+    for d in dirs:
         for m in ("t1", "t2"):
-            vol = np.asarray(nib.load(d / f"{d.name}_{m}.nii.gz").dataobj, dtype=np.float32)
+            path = d / f"{d.name}_{m}.nii.gz"
+            img = nib.Nifti1Image.from_bytes(igzip.decompress(path.read_bytes())) if isal else nib.load(path)
+            vol = np.asarray(img.dataobj, dtype=np.float32)
             z0 = (vol.shape[2] - k) // 2
             slices = np.ascontiguousarray(np.moveaxis(vol[:, :, z0:z0 + k], 2, 0))
             assert slices.shape[0] == k
         n += k
     out.put((n, time.perf_counter() - t, _peak_rss_mib()))
+
+
+def _probed_group(item: dict, settings, version_dir: str, log: str) -> list[dict]:
+    """The pipeline's task function, plus a line per task (pid, start, end) for the ramp-up figure.
+    Defined in this script, so Ray ships it by value; it calls the real one unchanged."""
+    from bidpm.data import shards
+
+    t = time.time()
+    out = shards._ingest_group(item, settings, version_dir)
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} {t} {time.time()}\n")
+    return out
+
+
+def _ramp(log: Path, t0: float) -> str:
+    """When each worker process started its first task, seconds after prepare_shards was called."""
+    first: dict[str, float] = {}
+    for line in log.read_text().split("\n"):
+        if line:
+            pid, start, _ = line.split()
+            first[pid] = min(first.get(pid, float("inf")), float(start) - t0)
+    return " and ".join(f"{v:.2f}s" for v in sorted(first.values())) + ("" if len(first) > 1 else " (one worker ran every task)")
 
 
 def _warm_worker(row: dict) -> dict:
@@ -89,7 +129,9 @@ def same_work_loop(root: str, k: int, size: int, out_dir: str, out: mp.Queue) ->
 
 
 class RssSampler:
-    """Peak RSS (MiB) of this process and of the largest Ray worker process, sampled every 50 ms."""
+    """Peak RSS (MiB) of this process and of the largest Ray worker process, sampled every 100 ms.
+    Worker processes are looked up once a second, not on every sample: scanning every process's
+    command line 20 times a second took CPU from the workers it was measuring on 2 cores."""
 
     def __init__(self):
         import psutil
@@ -99,16 +141,25 @@ class RssSampler:
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
+    def _workers(self) -> list:
+        out = []
+        for p in self.psutil.process_iter(["name", "cmdline"]):
+            if (p.info["name"] or "").startswith("ray::") or any("default_worker.py" in c for c in (p.info["cmdline"] or [])):
+                out.append(p)
+        return out
+
     def _run(self):
+        workers, found = [], 0.0
         while not self._stop.is_set():
+            if time.monotonic() - found > 1.0:
+                workers, found = self._workers(), time.monotonic()
             self.driver = max(self.driver, self.me.memory_info().rss / 2**20)
-            for p in self.psutil.process_iter(["name", "cmdline"]):
+            for p in workers:
                 try:
-                    if (p.info["name"] or "").startswith("ray::") or any("default_worker.py" in c for c in (p.info["cmdline"] or [])):
-                        self.worker = max(self.worker, p.memory_info().rss / 2**20)
+                    self.worker = max(self.worker, p.memory_info().rss / 2**20)
                 except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
                     pass
-            self._stop.wait(0.05)
+            self._stop.wait(0.1)
 
     def __enter__(self):
         self._t.start()
@@ -134,7 +185,10 @@ def main() -> None:
     print(f"phantoms: {args.subjects} subjects {args.shape} in {time.perf_counter() - t:.1f}s under {work}")
     vol_mib = np.prod(args.shape) * 4 / 2**20
 
-    n_bare, t_bare, rss_bare = _in_fresh_process(bare_loop, str(root), args.slices)
+    n_bare, t_bare, rss_bare = _in_fresh_process(bare_loop, str(root), args.slices, (0, 1), False)
+    n_isal, t_isal, rss_isal = _in_fresh_process(bare_loop, str(root), args.slices, (0, 1), True)
+    # The machine's own two-process ceiling: two bare loops at once, each on half the subjects.
+    n_bare2, t_bare2, rss_bare2 = _in_fresh_processes(bare_loop, [(str(root), args.slices, (i, 2), False) for i in range(2)])
     n_same, t_same, rss_same = _in_fresh_process(same_work_loop, str(root), args.slices, args.size, str(work / "same_work"))
 
     import ray
@@ -153,14 +207,28 @@ def main() -> None:
     # cold worker's first task pays ~1-2 s of imports (torch, pyarrow) that is a one-off per cluster.
     ray.data.from_items([{"i": i} for i in range(4)], override_num_blocks=4).map(
         _warm_worker, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=2)).take_all()
+    with RssSampler() as idle:
+        time.sleep(0.3)
+    idle_worker = idle.worker
     rows = [("bare nibabel loop (1 core)", n_bare, t_bare, 1, rss_bare, 0.0),
+            ("bare loop, ISA-L gzip (1 core)", n_isal, t_isal, 1, rss_isal, 0.0),
+            ("bare loop, 2 processes at once", n_bare2, t_bare2, 2, rss_bare2, 0.0),
             ("pipeline work, no Ray (1 core)", n_same, t_same, 1, rss_same, 0.0)]
+    from functools import partial
+
+    from bidpm.data import shards
+
+    real_group, ramps = shards._ingest_group, {}
     for workers in (1, 2):
         cfg = load_config(None, [*base, f"data.num_workers={workers}", f"data.shards_dir=shards_w{workers}"])
+        log = work / f"tasks_w{workers}.log"
+        shards._ingest_group = partial(_probed_group, log=str(log))  # the driver hands this to Ray Data
         with RssSampler() as rss:
-            t = time.perf_counter()
+            t0, t = time.time(), time.perf_counter()
             path = prepare_shards(cfg)
             dt = time.perf_counter() - t
+        shards._ingest_group = real_group
+        ramps[workers] = _ramp(log, t0)
         import json
 
         n = sum(v["slices"] for v in json.loads(Path(path).read_text())["splits"].values())
@@ -176,6 +244,14 @@ def main() -> None:
         print(f"{name:34s} {n:7d} {dt:7.2f} {rate:9.1f} {rate / bare_rate:7.2f} {rate / bare_rate / w:13.2f} "
               f"{rate / same_rate / w:15.2f} {r1:12.0f} | {r2:6.0f}")
     print("x no-Ray/worker: slices/s per worker over the same per-subject work in one plain process (what Ray adds).")
+    print(f"bare loop, 2 processes at once: what this machine gives two busy processes "
+          f"({n_bare2 / t_bare2 / bare_rate / 2:.2f}x the bare loop each); a 2-worker pipeline also shares the cores with its driver.")
+    print(f"each worker's first task began, after the call: 1 worker: {ramps[1]}; 2 workers: {ramps[2]}.\n"
+          "  (Ray Data 2.60 learns the cluster's CPUs from its autoscaling coordinator asynchronously and refreshes its\n"
+          "  limits once a second, so until then it runs one task at a time: a fixed cost per run, not per slice.)")
+    print(f"RSS: peak resident MiB, imports included (torch alone is ~470 MiB, mostly shared library pages);"
+          f" the largest Ray worker idled at {idle_worker:.0f} MiB after warm-up, so ingest added at most "
+          f"{max(r[5] for r in rows) - idle_worker:.0f} MiB.")
     print("\nrerun: .venv/bin/python benchmarks/ingest.py " + " ".join(
         [f"--subjects {args.subjects}", f"--shape {' '.join(map(str, args.shape))}", f"--slices {args.slices}", f"--size {args.size}"]))
 
