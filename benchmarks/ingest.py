@@ -1,6 +1,6 @@
 """Ingest throughput: the Ray Data pipeline (1 and 2 workers) vs a bare nibabel load-and-slice loop.
 
-    .venv/bin/python benchmarks/ingest.py [--subjects 12] [--shape 96 96 48] [--slices 32] [--size 64]
+    .venv/bin/python benchmarks/ingest.py [--subjects 12] [--shape 96 96 48] [--slices 32] [--size 64] [--repeat 1]
 
 Prints slices/s, per-worker ratio to the bare loop and to the pipeline's own work run in one plain
 process without Ray, and peak RSS (bare loop process; driver; largest Ray worker), side by side.
@@ -185,14 +185,24 @@ class RssSampler:
         self._t.join()
 
 
+def _median(xs: list[float]) -> float:
+    return float(np.median([x for x in xs if x == x])) if any(x == x for x in xs) else float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subjects", type=int, default=12)
     ap.add_argument("--shape", type=int, nargs=3, default=[96, 96, 48])
     ap.add_argument("--slices", type=int, default=32)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of every run, interleaved; the table shows medians (this VM drifts 5-30%% between runs)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bidpm-bench-"))
+    import json
+    import shutil
+    from functools import partial
+
     from bidpm.data.phantom import write_phantoms
 
     t = time.perf_counter()
@@ -200,23 +210,16 @@ def main() -> None:
     print(f"phantoms: {args.subjects} subjects {args.shape} in {time.perf_counter() - t:.1f}s under {work}")
     vol_mib = np.prod(args.shape) * 4 / 2**20
 
-    n_bare, t_bare, rss_bare = _in_fresh_process(bare_loop, str(root), args.slices, (0, 1), False)
-    n_isal, t_isal, rss_isal = _in_fresh_process(bare_loop, str(root), args.slices, (0, 1), True)
-    # The machine's own two-process ceiling: two bare loops at once, each on half the subjects.
-    n_bare2, t_bare2, rss_bare2 = _in_fresh_processes(bare_loop, [(str(root), args.slices, (i, 2), False) for i in range(2)])
-    n_same, t_same, rss_same = _in_fresh_process(same_work_loop, str(root), args.slices, args.size, str(work / "same_work"))
-
     import ray
 
     from bidpm.config import load_config
-    from bidpm.data import prepare_shards
+    from bidpm.data import prepare_shards, shards
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     base = [f"output_dir={work}", "data.layout=phantom", f"data.root={root}", f"data.phantom.num_subjects={args.subjects}",
             f"data.phantom.shape={list(args.shape)}", f"data.num_slices={args.slices}", f"data.image_size=[{args.size},{args.size}]",
             "data.split.val_fraction=0.1", "data.split.test_fraction=0.1"]
-    warm = work / "warm"
-    prepare_shards(load_config(None, [f"output_dir={warm}", "data.phantom.num_subjects=3", "data.phantom.shape=[24,24,10]",
+    prepare_shards(load_config(None, [f"output_dir={work / 'warm'}", "data.phantom.num_subjects=3", "data.phantom.shape=[24,24,10]",
                                       "data.num_slices=4", "data.image_size=[16,16]", "data.num_workers=2"]))
     # The tiny run can finish on one worker; make sure both have imported the ingest code, since a
     # cold worker's first task pays ~1-2 s of imports (torch, pyarrow) that is a one-off per cluster.
@@ -225,52 +228,74 @@ def main() -> None:
     with RssSampler() as idle:
         time.sleep(0.3)
     idle_worker = idle.worker
-    rows = [("bare nibabel loop (1 core)", n_bare, t_bare, 1, rss_bare, 0.0),
-            ("bare loop, ISA-L gzip (1 core)", n_isal, t_isal, 1, rss_isal, 0.0),
-            ("bare loop, 2 processes at once", n_bare2, t_bare2, 2, rss_bare2, 0.0),
-            ("pipeline work, no Ray (1 core)", n_same, t_same, 1, rss_same, 0.0)]
-    from functools import partial
 
-    from bidpm.data import shards
-
-    real_group, ramps, steady = shards._ingest_group, {}, {}
-    for workers in (1, 2):
-        cfg = load_config(None, [*base, f"data.num_workers={workers}", f"data.shards_dir=shards_w{workers}"])
-        log = work / f"tasks_w{workers}.log"
-        shards._ingest_group = partial(_probed_group, log=str(log))  # the driver hands this to Ray Data
-        with RssSampler() as rss:
-            t0, t = time.time(), time.perf_counter()
-            path = prepare_shards(cfg)
-            dt = time.perf_counter() - t
-        shards._ingest_group = real_group
-        ramps[workers], steady[workers] = _timeline(log, t0, workers)
-        import json
-
-        n = sum(v["slices"] for v in json.loads(Path(path).read_text())["splits"].values())
-        rows.append((f"ray data pipeline, {workers} worker(s)", n, dt, workers, rss.driver, rss.worker))
+    names = ["bare nibabel loop (1 core)", "bare loop, ISA-L gzip (1 core)", "bare loop, 2 processes at once",
+             "pipeline work, no Ray (1 core)", "ray data pipeline, 1 worker(s)", "ray data pipeline, 2 worker(s)"]
+    workers_of = dict(zip(names, [1, 1, 2, 1, 1, 2]))
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    rss: dict[str, list[float]] = {n: [0.0, 0.0] for n in names}
+    ramps: dict[int, list[str]] = {1: [], 2: []}
+    steady: dict[int, list[float]] = {1: [], 2: []}
+    real_group = shards._ingest_group
+    for rep in range(args.repeat):
+        # every run of a round back to back (same machine state), rounds repeated for the spread
+        runs = {
+            names[0]: lambda: _in_fresh_process(bare_loop, str(root), args.slices, (0, 1), False),
+            names[1]: lambda: _in_fresh_process(bare_loop, str(root), args.slices, (0, 1), True),
+            # the machine's own two-process ceiling: two bare loops at once, each on half the subjects
+            names[2]: lambda: _in_fresh_processes(bare_loop, [(str(root), args.slices, (i, 2), False) for i in range(2)]),
+            names[3]: lambda: _in_fresh_process(same_work_loop, str(root), args.slices, args.size, str(work / f"same_work{rep}")),
+        }
+        for name, run in runs.items():
+            n, dt, peak = run()
+            rates[name].append(n / dt)
+            rss[name][0] = max(rss[name][0], peak)
+        shutil.rmtree(work / f"same_work{rep}", ignore_errors=True)
+        for workers in (1, 2):
+            name = names[3 + workers]
+            cfg = load_config(None, [*base, f"data.num_workers={workers}", f"data.shards_dir=shards_w{workers}_r{rep}"])
+            log = work / f"tasks_w{workers}_r{rep}.log"
+            shards._ingest_group = partial(_probed_group, log=str(log))  # the driver hands this to Ray Data
+            with RssSampler() as sampler:
+                t0, t = time.time(), time.perf_counter()
+                path = prepare_shards(cfg)
+                dt = time.perf_counter() - t
+            shards._ingest_group = real_group
+            r, st = _timeline(log, t0, workers)
+            ramps[workers].append(r)
+            steady[workers].append(st)
+            n = sum(v["slices"] for v in json.loads(Path(path).read_text())["splits"].values())
+            rates[name].append(n / dt)
+            rss[name] = [max(rss[name][0], sampler.driver), max(rss[name][1], sampler.worker)]
+            shutil.rmtree(cfg.shards_path, ignore_errors=True)
+        print(f"round {rep + 1}/{args.repeat}: " + ", ".join(f"{k.split('(')[0].strip()} {v[-1]:.0f}" for k, v in rates.items()) + " slices/s")
     ray.shutdown()
 
-    bare_rate, same_rate = n_bare / t_bare, n_same / t_same
-    print(f"\nvolume size: {vol_mib:.1f} MiB float32 per modality; {args.slices} slices/volume -> {args.size}x{args.size}")
-    print(f"{'run':34s} {'slices':>7s} {'secs':>7s} {'slices/s':>9s} {'x bare':>7s} {'x bare/worker':>13s} "
+    bare, same = _median(rates[names[0]]), _median(rates[names[3]])
+    print(f"\nvolume size: {vol_mib:.1f} MiB float32 per modality; {args.slices} of {args.shape[2]} slices/volume -> "
+          f"{args.size}x{args.size}; {args.subjects} subjects; medians of {args.repeat} round(s)")
+    print(f"{'run':34s} {'slices/s':>9s} {'(min-max)':>15s} {'x bare':>7s} {'x bare/worker':>13s} "
           f"{'x no-Ray/worker':>15s} {'RSS MiB (proc | max worker)':>28s}")
-    for name, n, dt, w, r1, r2 in rows:
-        rate = n / dt
-        print(f"{name:34s} {n:7d} {dt:7.2f} {rate:9.1f} {rate / bare_rate:7.2f} {rate / bare_rate / w:13.2f} "
-              f"{rate / same_rate / w:15.2f} {r1:12.0f} | {r2:6.0f}")
+    for name in names:
+        rate, w = _median(rates[name]), workers_of[name]
+        spread = f"({min(rates[name]):.0f}-{max(rates[name]):.0f})"
+        print(f"{name:34s} {rate:9.1f} {spread:>15s} {rate / bare:7.2f} {rate / bare / w:13.2f} "
+              f"{rate / same / w:15.2f} {rss[name][0]:12.0f} | {rss[name][1]:6.0f}")
     print("x no-Ray/worker: slices/s per worker over the same per-subject work in one plain process (what Ray adds).")
     print(f"bare loop, 2 processes at once: what this machine gives two busy processes "
-          f"({n_bare2 / t_bare2 / bare_rate / 2:.2f}x the bare loop each); a 2-worker pipeline also shares the cores with its driver.")
-    print(f"each worker's first subject began, after the call: 1 worker: {ramps[1]}; 2 workers: {ramps[2]}.\n"
+          f"({_median(rates[names[2]]) / bare / 2:.2f}x the bare loop each); a 2-worker pipeline also shares the cores with its driver.")
+    print(f"each worker's first subject began, after the call: 1 worker: {' | '.join(ramps[1])}; 2 workers: {' | '.join(ramps[2])}.\n"
           "  (Ray Data 2.60 learns the cluster's CPUs from its autoscaling coordinator asynchronously and refreshes its\n"
           "  limits once a second, so until then it runs one task at a time: a fixed cost per run, not per slice.)")
-    print("steady state, while every worker was busy (subjects timed inside the tasks): "
-          + "; ".join(f"{w} worker(s) {steady[w]:.1f} slices/s per worker = {steady[w] / bare_rate:.2f}x the bare loop" for w in (1, 2)))
+    print("steady state, while every worker was busy (subjects timed inside the tasks), median: "
+          + "; ".join(f"{w} worker(s) {_median(steady[w]):.1f} slices/s per worker = {_median(steady[w]) / bare:.2f}x the bare loop"
+                      for w in (1, 2)))
     print(f"RSS: peak resident MiB, imports included (torch alone is ~470 MiB, mostly shared library pages);"
           f" the largest Ray worker idled at {idle_worker:.0f} MiB after warm-up, so ingest added at most "
-          f"{max(r[5] for r in rows) - idle_worker:.0f} MiB.")
+          f"{max(rss[n][1] for n in names) - idle_worker:.0f} MiB.")
     print("\nrerun: .venv/bin/python benchmarks/ingest.py " + " ".join(
-        [f"--subjects {args.subjects}", f"--shape {' '.join(map(str, args.shape))}", f"--slices {args.slices}", f"--size {args.size}"]))
+        [f"--subjects {args.subjects}", f"--shape {' '.join(map(str, args.shape))}", f"--slices {args.slices}",
+         f"--size {args.size}", f"--repeat {args.repeat}"]))
 
 
 if __name__ == "__main__":
