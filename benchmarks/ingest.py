@@ -119,9 +119,10 @@ def _warm_worker(row: dict) -> dict:
     return {"pid": os.getpid()}
 
 
-def same_work_loop(root: str, k: int, size: int, out_dir: str, out: mp.Queue) -> None:
+def same_work_loop(root: str, k: int, size: int, out_dir: str, part: tuple[int, int], out: mp.Queue) -> None:
     """One core, no Ray: the pipeline's own per-subject work (``slice_table`` + ``write_table``) in a
-    plain loop. Separates what the pipeline does beyond load-and-slice from what Ray adds."""
+    plain loop. Separates what the pipeline does beyond load-and-slice from what Ray adds. ``part``
+    as in ``bare_loop``."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
     import torch
 
@@ -132,7 +133,7 @@ def same_work_loop(root: str, k: int, size: int, out_dir: str, out: mp.Queue) ->
 
     cfg = load_config(None, [f"data.num_slices={k}", f"data.image_size=[{size},{size}]"])
     s = SliceSettings.from_data_config(cfg.data)
-    subjects = discover("brats", root, "t1", "t2", None)
+    subjects = discover("brats", root, "t1", "t2", None)[part[0]::part[1]]
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     slice_table(subjects[0], subjects[0].subject, "train", s)  # warm-up (first-call costs), as the Ray workers get
     t = time.perf_counter()
@@ -230,8 +231,9 @@ def main() -> None:
     idle_worker = idle.worker
 
     names = ["bare nibabel loop (1 core)", "bare loop, ISA-L gzip (1 core)", "bare loop, 2 processes at once",
-             "pipeline work, no Ray (1 core)", "ray data pipeline, 1 worker(s)", "ray data pipeline, 2 worker(s)"]
-    workers_of = dict(zip(names, [1, 1, 2, 1, 1, 2]))
+             "pipeline work, no Ray (1 core)", "pipeline work, no Ray, 2 at once",
+             "ray data pipeline, 1 worker(s)", "ray data pipeline, 2 worker(s)"]
+    workers_of = dict(zip(names, [1, 1, 2, 1, 2, 1, 2]))
     rates: dict[str, list[float]] = {n: [] for n in names}
     rss: dict[str, list[float]] = {n: [0.0, 0.0] for n in names}
     ramps: dict[int, list[str]] = {1: [], 2: []}
@@ -244,7 +246,10 @@ def main() -> None:
             names[1]: lambda: _in_fresh_process(bare_loop, str(root), args.slices, (0, 1), True),
             # the machine's own two-process ceiling: two bare loops at once, each on half the subjects
             names[2]: lambda: _in_fresh_processes(bare_loop, [(str(root), args.slices, (i, 2), False) for i in range(2)]),
-            names[3]: lambda: _in_fresh_process(same_work_loop, str(root), args.slices, args.size, str(work / f"same_work{rep}")),
+            names[3]: lambda: _in_fresh_process(same_work_loop, str(root), args.slices, args.size, str(work / f"same_work{rep}"), (0, 1)),
+            # two plain processes on half the subjects each: the 2-worker pipeline's ceiling on this machine
+            names[4]: lambda: _in_fresh_processes(same_work_loop, [(str(root), args.slices, args.size, str(work / f"same_work{rep}"), (i, 2))
+                                                                   for i in range(2)]),
         }
         for name, run in runs.items():
             n, dt, peak = run()
@@ -252,7 +257,7 @@ def main() -> None:
             rss[name][0] = max(rss[name][0], peak)
         shutil.rmtree(work / f"same_work{rep}", ignore_errors=True)
         for workers in (1, 2):
-            name = names[3 + workers]
+            name = names[4 + workers]
             cfg = load_config(None, [*base, f"data.num_workers={workers}", f"data.shards_dir=shards_w{workers}_r{rep}"])
             log = work / f"tasks_w{workers}_r{rep}.log"
             shards._ingest_group = partial(_probed_group, log=str(log))  # the driver hands this to Ray Data
@@ -282,8 +287,9 @@ def main() -> None:
         print(f"{name:34s} {rate:9.1f} {spread:>15s} {rate / bare:7.2f} {rate / bare / w:13.2f} "
               f"{rate / same / w:15.2f} {rss[name][0]:12.0f} | {rss[name][1]:6.0f}")
     print("x no-Ray/worker: slices/s per worker over the same per-subject work in one plain process (what Ray adds).")
-    print(f"bare loop, 2 processes at once: what this machine gives two busy processes "
-          f"({_median(rates[names[2]]) / bare / 2:.2f}x the bare loop each); a 2-worker pipeline also shares the cores with its driver.")
+    print(f"2 processes at once: what this machine gives two busy processes: bare loops "
+          f"{_median(rates[names[2]]) / bare / 2:.2f}x the bare loop each, the pipeline's own work "
+          f"{_median(rates[names[4]]) / same / 2:.2f}x its 1-process rate each; a 2-worker pipeline also shares the cores with its driver.")
     print(f"each worker's first subject began, after the call: 1 worker: {' | '.join(ramps[1])}; 2 workers: {' | '.join(ramps[2])}.\n"
           "  (Ray Data 2.60 learns the cluster's CPUs from its autoscaling coordinator asynchronously and refreshes its\n"
           "  limits once a second, so until then it runs one task at a time: a fixed cost per run, not per slice.)")
