@@ -291,8 +291,8 @@ def main() -> None:
           f"{_median(rates[names[2]]) / bare / 2:.2f}x the bare loop each, the pipeline's own work "
           f"{_median(rates[names[4]]) / same / 2:.2f}x its 1-process rate each; a 2-worker pipeline also shares the cores with its driver.")
     print(f"each worker's first subject began, after the call: 1 worker: {' | '.join(ramps[1])}; 2 workers: {' | '.join(ramps[2])}.\n"
-          "  (Ray Data 2.60 learns the cluster's CPUs from its autoscaling coordinator asynchronously and refreshes its\n"
-          "  limits once a second, so until then it runs one task at a time: a fixed cost per run, not per slice.)")
+          "  (With Ray Data 2.60's per-operator resource reservation, which ingest turns off for its Dataset, the second\n"
+          "  worker started ~1.1 s late in every run and workers idled 0.1-0.2 s between tasks: see shards._run_tasks.)")
     print("steady state, while every worker was busy (subjects timed inside the tasks), median: "
           + "; ".join(f"{w} worker(s) {_median(steady[w]):.1f} slices/s per worker = {_median(steady[w]) / bare:.2f}x the bare loop"
                       for w in (1, 2)))

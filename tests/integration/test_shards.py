@@ -176,6 +176,10 @@ def test_grouped_tasks_write_the_same_shards_without_deprecated_calls(prepared, 
         for lg in loggers:
             lg.removeHandler(handler)
     assert [r.getMessage() for r in records if "deprecat" in r.getMessage().lower()] == []
+    # ingest turns Ray Data's resource reservation off for its own Dataset only, not for the driver
+    import ray
+
+    assert ray.data.DataContext.get_current().op_resource_reservation_enabled is True
     a, b = json.loads(path.read_text()), json.loads(grouped.read_text())
     from bidpm.data.manifest import config_digest
 
