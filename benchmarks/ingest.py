@@ -232,12 +232,13 @@ def main() -> None:
 
     names = ["bare nibabel loop (1 core)", "bare loop, ISA-L gzip (1 core)", "bare loop, 2 processes at once",
              "pipeline work, no Ray (1 core)", "pipeline work, no Ray, 2 at once",
-             "ray data pipeline, 1 worker(s)", "ray data pipeline, 2 worker(s)"]
-    workers_of = dict(zip(names, [1, 1, 2, 1, 2, 1, 2]))
+             "ray data, 1 worker (num_workers=1)", "ray data, 2 workers (num_workers=2)", "ray data, 2 workers (unset: 2 CPUs)"]
+    workers_of = dict(zip(names, [1, 1, 2, 1, 2, 1, 2, 2]))
+    ray_runs = {names[5]: (1, "1"), names[6]: (2, "2"), names[7]: (2, "null")}  # name -> (workers, data.num_workers)
     rates: dict[str, list[float]] = {n: [] for n in names}
     rss: dict[str, list[float]] = {n: [0.0, 0.0] for n in names}
-    ramps: dict[int, list[str]] = {1: [], 2: []}
-    steady: dict[int, list[float]] = {1: [], 2: []}
+    ramps: dict[str, list[str]] = {n: [] for n in ray_runs}
+    steady: dict[str, list[float]] = {n: [] for n in ray_runs}
     real_group = shards._ingest_group
     for rep in range(args.repeat):
         # every run of a round back to back (same machine state), rounds repeated for the spread
@@ -256,10 +257,10 @@ def main() -> None:
             rates[name].append(n / dt)
             rss[name][0] = max(rss[name][0], peak)
         shutil.rmtree(work / f"same_work{rep}", ignore_errors=True)
-        for workers in (1, 2):
-            name = names[4 + workers]
-            cfg = load_config(None, [*base, f"data.num_workers={workers}", f"data.shards_dir=shards_w{workers}_r{rep}"])
-            log = work / f"tasks_w{workers}_r{rep}.log"
+        for name, (workers, setting) in ray_runs.items():
+            tag = f"{workers}_{setting}_r{rep}"
+            cfg = load_config(None, [*base, f"data.num_workers={setting}", f"data.shards_dir=shards_{tag}"])
+            log = work / f"tasks_{tag}.log"
             shards._ingest_group = partial(_probed_group, log=str(log))  # the driver hands this to Ray Data
             with RssSampler() as sampler:
                 t0, t = time.time(), time.perf_counter()
@@ -267,8 +268,8 @@ def main() -> None:
                 dt = time.perf_counter() - t
             shards._ingest_group = real_group
             r, st = _timeline(log, t0, workers)
-            ramps[workers].append(r)
-            steady[workers].append(st)
+            ramps[name].append(r)
+            steady[name].append(st)
             n = sum(v["slices"] for v in json.loads(Path(path).read_text())["splits"].values())
             rates[name].append(n / dt)
             rss[name] = [max(rss[name][0], sampler.driver), max(rss[name][1], sampler.worker)]
@@ -279,23 +280,23 @@ def main() -> None:
     bare, same = _median(rates[names[0]]), _median(rates[names[3]])
     print(f"\nvolume size: {vol_mib:.1f} MiB float32 per modality; {args.slices} of {args.shape[2]} slices/volume -> "
           f"{args.size}x{args.size}; {args.subjects} subjects; medians of {args.repeat} round(s)")
-    print(f"{'run':34s} {'slices/s':>9s} {'(min-max)':>15s} {'x bare':>7s} {'x bare/worker':>13s} "
+    print(f"{'run':38s} {'slices/s':>9s} {'(min-max)':>15s} {'x bare':>7s} {'x bare/worker':>13s} "
           f"{'x no-Ray/worker':>15s} {'RSS MiB (proc | max worker)':>28s}")
     for name in names:
         rate, w = _median(rates[name]), workers_of[name]
         spread = f"({min(rates[name]):.0f}-{max(rates[name]):.0f})"
-        print(f"{name:34s} {rate:9.1f} {spread:>15s} {rate / bare:7.2f} {rate / bare / w:13.2f} "
+        print(f"{name:38s} {rate:9.1f} {spread:>15s} {rate / bare:7.2f} {rate / bare / w:13.2f} "
               f"{rate / same / w:15.2f} {rss[name][0]:12.0f} | {rss[name][1]:6.0f}")
     print("x no-Ray/worker: slices/s per worker over the same per-subject work in one plain process (what Ray adds).")
     print(f"2 processes at once: what this machine gives two busy processes: bare loops "
           f"{_median(rates[names[2]]) / bare / 2:.2f}x the bare loop each, the pipeline's own work "
           f"{_median(rates[names[4]]) / same / 2:.2f}x its 1-process rate each; a 2-worker pipeline also shares the cores with its driver.")
-    print(f"each worker's first subject began, after the call: 1 worker: {' | '.join(ramps[1])}; 2 workers: {' | '.join(ramps[2])}.\n"
-          "  (With Ray Data 2.60's per-operator resource reservation, which ingest turns off for its Dataset, the second\n"
-          "  worker started ~1.1 s late in every run and workers idled 0.1-0.2 s between tasks: see shards._run_tasks.)")
-    print("steady state, while every worker was busy (subjects timed inside the tasks), median: "
-          + "; ".join(f"{w} worker(s) {_median(steady[w]):.1f} slices/s per worker = {_median(steady[w]) / bare:.2f}x the bare loop"
-                      for w in (1, 2)))
+    print("each worker's first subject began, after the call: " + "; ".join(f"{n}: {' | '.join(ramps[n])}" for n in ray_runs))
+    print("steady state, while every worker was busy (subjects timed inside the tasks), median per worker:\n  "
+          + "\n  ".join(f"{n}: {_median(steady[n]):.1f} slices/s = {_median(steady[n]) / bare:.2f}x the bare loop" for n in ray_runs))
+    print("num_workers=N caps the operator, so Ray Data's driver hands out each next task only after it has reaped a\n"
+          "finished one; with the driver sharing 2 cores with both workers that left workers idle 0.1-1.4 s between\n"
+          "tasks. Unset, all tasks are queued in Ray at once and the cluster's CPUs bound the concurrency.")
     print(f"RSS: peak resident MiB, imports included (torch alone is ~470 MiB, mostly shared library pages);"
           f" the largest Ray worker idled at {idle_worker:.0f} MiB after warm-up, so ingest added at most "
           f"{max(rss[n][1] for n in names) - idle_worker:.0f} MiB.")

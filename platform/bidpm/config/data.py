@@ -92,7 +92,11 @@ class DataConfig(Section):
     pseudonym_salt: str = Field("bidpm", description="secret in real use: with it, ids can be re-derived; kept out of the manifest")
     skip_bad: bool = False
     row_group_rows: int = Field(64, ge=1, description="Parquet row-group size (rows) - the unit readers stream")
-    num_workers: Optional[int] = Field(None, ge=1, description="concurrent ingest tasks; unset = as many as the cluster's CPUs allow")
+    num_workers: Optional[int] = Field(
+        None, ge=1,
+        description="concurrent ingest tasks; unset = as many as the cluster's CPUs allow (faster: with a cap, Ray Data's "
+                    "driver hands out each next task only after reaping a finished one, measured 0.1-1.4 s idle per task "
+                    "on a busy 2-core driver; unset, every task is queued in Ray at once)")
     cpus_per_task: float = Field(1.0, gt=0.0)
     subjects_per_task: Optional[int] = Field(
         None, ge=1, description="volume pairs one ingest task processes in turn (memory: still one pair at a time); "
