@@ -19,7 +19,6 @@ image size and modalities must match the model's).
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import sys
@@ -33,14 +32,6 @@ from bidpm.config import Config, ConfigError  # noqa: E402
 
 DIRECTIONS = (("fwd", "forward"), ("bwd", "backward"))
 METRICS = ("ssim", "psnr", "mae")
-
-
-def _sibling(name: str):
-    """jobs/<name>.py as a module (shared model loading; jobs/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"bidpm_job_{name}", Path(__file__).with_name(f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
 
 
 def iter_split(cfg: Config, split: str, batch_size: int, max_slices: Optional[int]) -> Iterator[tuple]:
@@ -170,12 +161,12 @@ def main() -> int:
     if not steps or min(steps) < 1:
         raise ConfigError(f"--steps {args.steps!r}: step counts must be >= 1")
 
-    synth_job = _sibling("synthesize")
+    from bidpm.model_source import load_model, pick_device
     from bidpm.synthesis import sampling_method
 
     explicit = args.config is not None or any(o.startswith("data.") for o in args.overrides)
-    device = synth_job.pick_device(args.device)
-    net, model_cfg, what = synth_job.load_model(args, cfg, explicit, device)
+    device = pick_device(args.device)
+    net, model_cfg, what = load_model(args.checkpoint, args.model_uri, cfg, explicit, device)
     data_cfg = cfg if explicit else model_cfg
     method = sampling_method(model_cfg.method).to(device)
     rows = grids_to_run(steps, model_cfg.method.time_grid)

@@ -20,97 +20,16 @@ Weights: the EMA copy (what validation and the registry score).
 from __future__ import annotations
 
 import glob
-import json
-import pickle
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from bidpm.cli import job_parser, parse_job_args, run_main  # noqa: E402
-from bidpm.config import Config, ConfigError, config_from_dict  # noqa: E402
+from bidpm.config import ConfigError  # noqa: E402
 from bidpm.data.layouts import NIFTI_SUFFIXES  # noqa: E402
-
-
-
-# --- the model ------------------------------------------------------------------------------------
-def checkpoint_from_model_uri(model_uri: str, cfg: Config, workdir: Path):
-    """``models:/<name>@<alias>`` (or ``/<version>``, ``runs:/...``) -> (EMA net, the model's Config).
-
-    Downloads the logged ``BidpmPyfunc`` model, loads it with ``mlflow.pyfunc.load_model`` (checks it
-    is a bidpm model) and takes its network; the model's config is the ``config.json`` its checkpoint
-    artifact carries. Tracking URI: ``cfg.mlflow_uri`` (``tracking.tracking_uri`` / MLFLOW_TRACKING_URI /
-    the SQLite file in ``output_dir``).
-    """
-    import mlflow
-    import yaml
-    from mlflow.exceptions import MlflowException
-
-    from bidpm.tracking import BidpmPyfunc
-
-    mlflow.set_tracking_uri(cfg.mlflow_uri)
-    mlflow.set_registry_uri(cfg.mlflow_uri)
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(workdir)))
-    except (MlflowException, OSError) as exc:
-        raise ConfigError(
-            f"--model-uri {model_uri}: cannot be fetched from the tracking store {cfg.mlflow_uri} "
-            f"({str(exc).splitlines()[0]}); check the name/alias (`mlflow models` / the MLflow UI) and "
-            f"tracking.tracking_uri (pass the training config with --config)"
-        ) from None
-    meta = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
-    ck_rel = (((meta.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}).get("checkpoint", {}).get("path")
-    if not ck_rel or not (local / ck_rel / "config.json").is_file():
-        raise ConfigError(f"--model-uri {model_uri}: not a bidpm model (no checkpoint artifact in its MLmodel); "
-                          "register models with jobs/tune_steps.py / bidpm.tracking.log_model")
-    impl = mlflow.pyfunc.load_model(str(local)).unwrap_python_model()
-    if not isinstance(impl, BidpmPyfunc):
-        raise ConfigError(f"--model-uri {model_uri}: holds a {type(impl).__name__}, not a bidpm model (BidpmPyfunc)")
-    model_cfg = config_from_dict(json.loads((local / ck_rel / "config.json").read_text()), origin=f"{model_uri} config.json")
-    return impl.net, model_cfg
-
-
-def load_model(args, cfg: Config, explicit_config: bool, device: str):
-    """(EMA net on ``device``, the model's Config, a description) from --checkpoint or --model-uri."""
-    if args.checkpoint:
-        from bidpm.train.checkpoint import load_checkpoint_model
-
-        ck = Path(args.checkpoint)
-        if not ck.exists():
-            raise ConfigError(f"--checkpoint {ck}: does not exist; pass a checkpoint folder holding state.pt "
-                              "(<output_dir>/<train.storage_path>/<run_name>/checkpoint_*)")
-        try:
-            _, net, model_cfg = load_checkpoint_model(ck)
-        except (FileNotFoundError, ValueError) as exc:  # load_checkpoint's own messages name the fix
-            raise ConfigError(f"--checkpoint {ck}: {exc}") from None
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-            raise ConfigError(f"--checkpoint {ck}: not a readable bidpm checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200]}); pass the checkpoint_* folder or its state.pt") from None
-        what = f"checkpoint {ck}"
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="bidpm-model-"))
-        net, model_cfg = checkpoint_from_model_uri(args.model_uri, cfg, workdir)
-        what = f"model {args.model_uri}"
-    if explicit_config:
-        check_compatible(model_cfg, cfg, what)
-    return net.to(device).eval(), model_cfg, what
-
-
-def check_compatible(model_cfg: Config, cfg: Config, what: str) -> None:
-    """A config given on the command line must describe the same data as the model was trained on."""
-    if list(model_cfg.data.image_size) != list(cfg.data.image_size):
-        raise ConfigError(
-            f"{what} was trained on {model_cfg.data.image_size[0]}x{model_cfg.data.image_size[1]} slices but the config "
-            f"says data.image_size={cfg.data.image_size}; drop the override / use the training config "
-            "(synthesis always resizes to the model's own size)"
-        )
-    if model_cfg.data.modalities != cfg.data.modalities:
-        raise ConfigError(
-            f"{what} maps {model_cfg.data.modalities[0]}<->{model_cfg.data.modalities[1]} but the config names "
-            f"{cfg.data.modalities[0]}<->{cfg.data.modalities[1]}; use the training config or another model"
-        )
+from bidpm.model_source import load_model, pick_device  # noqa: E402
 
 
 def parse_grid(steps: Optional[int], grid: Optional[str]) -> Optional[list[float]]:
@@ -125,16 +44,6 @@ def parse_grid(steps: Optional[int], grid: Optional[str]) -> Optional[list[float
     except ValueError as exc:
         raise ConfigError(f"{'--steps' if steps is not None else '--grid'}: {exc}") from None
     return None
-
-
-def pick_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return name
 
 
 # --- inputs and outputs ---------------------------------------------------------------------------
@@ -238,7 +147,7 @@ def main() -> int:
     explicit = args.config is not None or any(o.startswith("data.") for o in args.overrides)
     grid_pts = parse_grid(args.steps, args.grid)
     device = pick_device(args.device)
-    net, model_cfg, what = load_model(args, cfg, explicit, device)
+    net, model_cfg, what = load_model(args.checkpoint, args.model_uri, cfg, explicit, device)
     in_mod, out_mod = modalities_for(model_cfg, args.direction)
     inputs = resolve_inputs(args.input, in_mod, out_mod, args.direction)
     outputs = output_paths(inputs, Path(args.output), out_mod)

@@ -72,13 +72,9 @@ def _unreachable(uri: str, why: str) -> str:
     )
 
 
-def connect(cfg: Config) -> tuple[MlflowClient, str]:
-    """Point MLflow at ``cfg.mlflow_uri``, check it answers, create the experiment if needed.
-
-    Returns (client, experiment_id). Raises TrackingError before any work starts when the store is
-    unreachable. The experiment is created here, in the driver, because workers/trials that look it
-    up by name fail when it does not exist yet.
-    """
+def use_store(cfg: Config) -> str:
+    """Point MLflow (tracking and registry) at ``cfg.mlflow_uri`` after checking a server answers;
+    returns the URI. Creates nothing in the store (``connect`` also makes the experiment)."""
     uri = cfg.mlflow_uri
     if uri.startswith(("http://", "https://")):
         _check_http(uri, cfg.tracking.connect_timeout_s)
@@ -86,6 +82,17 @@ def connect(cfg: Config) -> tuple[MlflowClient, str]:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    return uri
+
+
+def connect(cfg: Config) -> tuple[MlflowClient, str]:
+    """Point MLflow at ``cfg.mlflow_uri``, check it answers, create the experiment if needed.
+
+    Returns (client, experiment_id). Raises TrackingError before any work starts when the store is
+    unreachable. The experiment is created here, in the driver, because workers/trials that look it
+    up by name fail when it does not exist yet.
+    """
+    uri = use_store(cfg)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         exp = client.get_experiment_by_name(cfg.tracking.experiment_name)
@@ -251,6 +258,7 @@ class BidpmPyfunc(mlflow.pyfunc.PythonModel):
         from .train.checkpoint import load_checkpoint_model
 
         model, ema_model, cfg = load_checkpoint_model(context.artifacts["checkpoint"])
+        self.cfg = cfg  # the model's own data/method settings (jobs read them through bidpm.model_source)
         self.net = (ema_model if ema_model is not None else model).eval()
         self.grid = list(cfg.method.time_grid)
         self.method = sampling_method(cfg.method)

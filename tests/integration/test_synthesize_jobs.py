@@ -125,6 +125,8 @@ def test_synthesize_refuses_wrong_inputs(trained):
     from bidpm.config import ConfigError, load_config
 
     out, ck = trained["out"], trained["checkpoint"]
+    from bidpm.model_source import check_compatible
+
     job = load_job("synthesize")
     t2 = sorted((out / "phantoms").rglob("*_t2.nii.gz"))[0]
     with pytest.raises(ConfigError, match="--direction backward"):           # t2 given, forward = t1 -> t2
@@ -137,7 +139,7 @@ def test_synthesize_refuses_wrong_inputs(trained):
         job.parse_grid(None, "0,0.7")
     assert job.parse_grid(4, None) == [0.0, 0.25, 0.5, 0.75, 1.0] and job.parse_grid(None, "0,0.3,1") == [0.0, 0.3, 1.0]
     with pytest.raises(ConfigError, match="t1<->t2 but the config names mr<->ct"):
-        job.check_compatible(trained["cfg"], load_config(None, trained["overrides"] + ["data.phantom.layout=synthrad"]), "m")
+        check_compatible(trained["cfg"], load_config(None, trained["overrides"] + ["data.phantom.layout=synthrad"]), "m")
     # the job end to end: a config whose image size differs from the model's is refused (exit 2, nothing written)
     res = run_job("synthesize", "--checkpoint", ck, "--input", t2, "--direction", "backward", "--output", out / "bad",
                   "data.image_size=[32,32]")
