@@ -5,8 +5,9 @@
 3. resume from ``ray.train.get_checkpoint()`` (same run name, or a worker-group restart after a failure):
    weights, EMA, optimizer, step and finished epochs come back; finished epochs are not redone
 4. DDP via ``ray.train.torch.prepare_model`` (gloo on CPU, NCCL on GPU: Ray picks from ``use_gpu``)
-5. per epoch: stream this worker's shard (batches.py), autocast on CUDA, gradient accumulation and
-   clipping, EMA update after each optimizer step
+5. per epoch: stream this worker's shard (batches.py), autocast on CUDA, gradient accumulation (an
+   epoch's leftover micro-batches make one last, smaller step) and clipping, EMA update after each
+   optimizer step
 6. per epoch: report the averaged loss components and throughput; rank 0 also validates the EMA
    weights on the whole val split in both directions on the method's own time grid, writes a
    checkpoint + sample grid and passes it to ``ray.train.report``; other ranks report metrics only
@@ -96,9 +97,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             batch_size=tc.batch_size, image_size=image_size, seed=tc.seed, epoch=epoch, rank=rank,
             shuffle_buffer_rows=tc.shuffle_buffer_rows,
         ), waits)
-        for micro, batch in enumerate(batches):
+        for micro, (batch, epoch_end) in enumerate(_flag_last(batches)):
             batch = batch.to(device)
-            last_micro = (micro + 1) % tc.grad_accum == 0
+            in_group = micro % tc.grad_accum + 1  # micro-batches in this optimizer step so far
+            last_micro = in_group == tc.grad_accum or epoch_end  # an epoch's leftover micro-batches step too
             sync = contextlib.nullcontext() if last_micro or world == 1 else model.no_sync()
             with sync:
                 with autocast:
@@ -112,6 +114,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if not last_micro:
                 continue
             _maybe_inject_fault(cfg, rank, step + 1, resumed_from_step)
+            if in_group < tc.grad_accum:
+                average_partial_group(model.parameters(), tc.grad_accum, in_group)
             if tc.grad_clip is not None:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -199,6 +203,28 @@ def validate(
         out[f"val/{k}_mean"] = 0.5 * (out[f"val/fwd_{k}_mean"] + out[f"val/bwd_{k}_mean"])
     out["val/images"] = n_images
     return out, tuple(torch.cat(k) for k in shown)
+
+
+def _flag_last(items: Iterable[Batch]) -> Iterator[tuple[Batch, bool]]:
+    """Each item with whether it is the stream's last: a one-item lookahead, since a streamed epoch's
+    length is not known in advance. Every rank sees the same number of batches (equal shards, full
+    batches only), so all ranks flag the same micro-batch and DDP syncs on it together."""
+    it = iter(items)
+    prev = next(it, None)
+    for item in it:
+        yield prev, False  # type: ignore[misc]
+        prev = item
+    if prev is not None:
+        yield prev, True
+
+
+def average_partial_group(params: Iterable[nn.Parameter], grad_accum: int, in_group: int) -> None:
+    """Each micro-batch loss is scaled by 1/grad_accum, so a full group's summed gradient is the mean
+    over its micro-batches. An epoch's last group may hold only ``in_group`` of them: rescale its
+    sum to their mean too, instead of dropping those micro-batches (which an earlier version did)."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(grad_accum / in_group)
 
 
 def _timed(batches: Iterable[Batch], waits: list[float]) -> Iterator[Batch]:
