@@ -96,3 +96,14 @@ def test_flat_keeps_lists_readable():
     flat = Config().flat()
     assert flat["method.time_grid"] == [0.0, 1.0]
     assert flat["train.lr"] == pytest.approx(1e-4)
+
+
+def test_failure_settings_reach_ray_trains_failure_config():
+    # Ray Train's default retries a worker group that does not start forever; the setting must reach it.
+    from bidpm.train.launch import build_run_config
+
+    fc = build_run_config(load_config(None, ["train.max_failures=2", "train.controller_failure_limit=3"])).failure_config
+    assert (fc.max_failures, fc.controller_failure_limit) == (2, 3)
+    assert build_run_config(load_config(None, [])).failure_config.controller_failure_limit == -1
+    with pytest.raises(ConfigError, match="controller_failure_limit"):
+        load_config(None, ["train.controller_failure_limit=-2"])

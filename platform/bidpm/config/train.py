@@ -59,6 +59,11 @@ class TrainConfig(Section):
     storage_path: str = Field("ray_results", description="relative paths resolve under output_dir; URIs kept as is")
     run_name: str = "bidpm-train"
     max_failures: int = Field(0, ge=-1)
+    controller_failure_limit: int = Field(
+        -1, ge=-1,
+        description="how often Ray Train retries a worker group that did not start (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, "
+                    "default 60 s) or another controller error; -1 = forever (right while an autoscaling cluster adds "
+                    "nodes); on a fixed cluster a small number makes a run that cannot start fail instead of hanging")
     fail_at_step: Optional[FaultInjection] = Field(
         None, description="TESTS ONLY: kill one worker with os._exit at a step (see FaultInjection)"
     )

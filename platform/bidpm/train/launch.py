@@ -56,7 +56,7 @@ def build_run_config(
     return RunConfig(
         name=name or tc.run_name,
         storage_path=storage_path or cfg.storage_path,
-        failure_config=FailureConfig(max_failures=tc.max_failures),
+        failure_config=FailureConfig(max_failures=tc.max_failures, controller_failure_limit=tc.controller_failure_limit),
         checkpoint_config=CheckpointConfig(
             num_to_keep=tc.checkpoint_keep,
             checkpoint_score_attribute=tc.checkpoint_score,
