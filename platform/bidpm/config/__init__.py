@@ -24,7 +24,7 @@ from .tune import SearchSpaceConfig, TuneConfig
 __all__ = [
     "Config", "ConfigError", "DataConfig", "MethodConfig", "ModelConfig", "PhantomConfig", "SearchSpaceConfig",
     "SplitConfig", "TrackingConfig", "TrainConfig", "TuneConfig", "apply_overrides", "config_from_dict",
-    "load_config", "paper_step_weights",
+    "load_config", "paper_step_weights", "set_path",
 ]
 
 
@@ -128,14 +128,21 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
-        node = raw
-        for p in parts[:-1]:
-            nxt = node.setdefault(p, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {p} is a value, not a section")
-            node = nxt
-        node[parts[-1]] = value
+        set_path(raw, key.strip(), value, what=f"override {item!r}")
     return raw
+
+
+def set_path(raw: dict[str, Any], key: str, value: Any, what: str = "") -> None:
+    """``raw[a][b][c] = value`` for ``key`` "a.b.c" (missing sections are created). Shared by
+    command-line overrides and Tune's trial parameters."""
+    *parents, leaf = key.split(".")
+    node = raw
+    for p in parents:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{what or key}: {p} is a value, not a section")
+        node = nxt
+    node[leaf] = value
 
 
 def config_from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:

@@ -35,14 +35,15 @@ class MLflowTrialCallback(Callback):
         self.runs: dict[str, str] = {}                       # trial_id -> MLflow run id
         self.best: dict[str, tuple[float, Optional[str]]] = {}   # trial_id -> (objective, checkpoint path)
         self._client: Any = None
+        self._cfg: Any = None
 
-    # Tune pickles callbacks into the experiment state: keep the client out of it.
+    # Tune pickles callbacks into the experiment state: keep the client and the parsed config out of it.
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_client"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_cfg")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._client = None
+        self._client = self._cfg = None
 
     def get_state(self) -> Optional[dict]:
         return {"runs": dict(self.runs), "best": dict(self.best)}
@@ -53,7 +54,10 @@ class MLflowTrialCallback(Callback):
 
     @property
     def cfg(self):
-        return config_from_dict(self.base_cfg, origin="study config")
+        """The study's Config, validated once (every trial result used to re-validate it)."""
+        if self._cfg is None:
+            self._cfg = config_from_dict(self.base_cfg, origin="study config")
+        return self._cfg
 
     @property
     def client(self):

@@ -134,13 +134,9 @@ def trial_config(cfg: Config, overrides: dict[str, Any]) -> Config:
 
 def apply_to(cfg: Config, overrides: dict[str, Any]) -> Config:
     """A new validated Config with ``overrides`` set (``section.key`` paths)."""
-    from ..config import config_from_dict
+    from ..config import config_from_dict, set_path
 
     raw = cfg.to_dict()
     for key, value in overrides.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        set_path(raw, key, value)
     return config_from_dict(raw, origin=f"{cfg.name} + trial overrides")
