@@ -58,7 +58,7 @@ def _order_stats(x: np.ndarray, sample: np.ndarray | None, k: int, k1: int) -> t
             if tail.size > k1:
                 part = np.partition(tail, [k, k1])
                 return float(part[k]), float(part[k1])
-        elif j_high > m - m // 4 and j_high >= 0:  # a high tail: values >= t are the largest ones
+        elif j_high > m - m // 4:  # a high tail: values >= t are the largest ones
             tail = x[x >= sample[j_high]]
             skip = n - tail.size  # rank in x of the tail's smallest value
             if skip <= k:

@@ -13,9 +13,9 @@ digest is reproducible and the volume metadata arrives with the rows' file, in t
 Reading (``read_split``): one Ray Data task per shard file listed in the manifest (never a directory
 listing, so stray files are ignored), read with pyarrow, plus a ``paired`` column computed from
 ``pair_u`` at read time. Image columns (fixed-size binary on disk, ``tensor_columns``) come out as
-Arrow fixed-shape tensors: ``iter_torch_batches`` yields (B, H, W) float32 tensors. Note: string columns (``subject``) cannot become torch tensors with
-Ray's default collate; pass ``columns=TRAIN_COLUMNS`` (or ``ds.drop_columns(["subject"])``) before
-``iter_torch_batches``.
+Arrow fixed-shape tensors: ``iter_torch_batches`` yields (B, H, W) float32 tensors. Note: string
+columns (``subject``) cannot become torch tensors with Ray's default collate; pass
+``columns=TRAIN_COLUMNS`` (or ``ds.drop_columns(["subject"])``) before ``iter_torch_batches``.
 """
 
 from __future__ import annotations

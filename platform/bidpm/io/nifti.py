@@ -40,7 +40,8 @@ class Volume:
     data: (X, Y, Z) float32, axis 0 -> Right, 1 -> Anterior, 2 -> Superior (transverse slices are
     ``data[:, :, k]``). It is usually a strided view of the decoded voxels (flips/transposes, no
     copy): ingest uses a few slices of each volume, and copying the whole volume into RAS order cost
-    as much as decompressing it. Copy (``np.ascontiguousarray``) where contiguity matters.
+    as much as decompressing it, and for unscaled files it is read-only (a view of the decompressed
+    bytes). Copy (``np.ascontiguousarray``) where contiguity or writing matters.
     affine: 4x4 voxel -> world (mm) of ``data``. ``original_axcodes`` / ``original_shape`` /
     ``original_affine`` describe the file as stored, so outputs can be put back.
     """
