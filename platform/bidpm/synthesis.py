@@ -39,30 +39,24 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import Config, MethodConfig
+from .config import Config
 from .data.geometry import rebuild_volume
 from .data.normalise import ct_params, mr_params, normalise
 from .data.slicing import resize_slices
 from .io.nifti import NiftiError, Volume, load_nifti, read_volume, save_nifti
-from .method import Direction, Method, build_method, check_grid
+from .method.solver import Direction, check_grid, euler_integrate
 
 MR_OUTPUT_RANGE = (0.0, 1000.0)
 Precision = Literal["fp32", "bf16", "fp16"]
 
 __all__ = [
-    "MR_OUTPUT_RANGE", "SynthesisError", "input_params", "modalities_for", "output_params", "sampling_method",
+    "MR_OUTPUT_RANGE", "SynthesisError", "input_params", "modalities_for", "output_params",
     "synthesize_file", "synthesize_slices", "synthesize_volume",
 ]
 
 
 class SynthesisError(ValueError):
     """Input that cannot be synthesised as asked; the message names the file/field and the fix."""
-
-
-def sampling_method(cfg: MethodConfig) -> Method:
-    """The method for synthesis only: sampling never evaluates the paired distance, so Bi-DPM is built
-    with L2 (a machine without the LPIPS backbone weights can still synthesise)."""
-    return build_method(cfg.model_copy(update={"paired_distance": "l2"}))
 
 
 def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
@@ -72,18 +66,18 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
 
 def synthesize_slices(
     model: nn.Module,
-    method: Method,
     x: Tensor,
-    direction: Direction = "forward",
-    grid: Optional[Sequence[float]] = None,
+    direction: Direction,
+    grid: Sequence[float],
     batch_size: int = 32,
     precision: Precision = "fp32",
 ) -> Tensor:
-    """Algorithm 2 on a stack of slices, in batches, without gradients, in eval mode.
+    """Algorithm 2 on a stack of slices with the velocity field ``model``: Euler steps on ``grid``
+    (``method.solver``), in batches, without gradients, in eval mode.
 
     x: (B, C, H, W) in [-1, 1] (sources for ``forward``, targets for ``backward``); returns (B, C, H, W)
     float32 on x's device. Runs on the model's device (x is moved there batch by batch, so a large stack
-    never sits on the GPU at once). ``grid`` None = ``method.time_grid`` (the training grid).
+    never sits on the GPU at once).
     ``precision`` bf16/fp16 autocasts the network on CUDA (CPU always runs fp32); the Euler sums stay
     float32 because ``x + u dt`` promotes to x's dtype.
     """
@@ -91,7 +85,7 @@ def synthesize_slices(
         raise SynthesisError(f"direction: {direction!r}; use 'forward' (source->target) or 'backward' (target->source)")
     if batch_size < 1:
         raise SynthesisError(f"batch_size must be >= 1, got {batch_size}")
-    g = None if grid is None else check_grid(grid, "synthesis grid")
+    g = check_grid(grid, "synthesis grid")
     device = _model_device(model, x.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = torch.autocast("cuda", dtype=dtype) if (dtype is not None and device.type == "cuda") else nullcontext()
@@ -102,7 +96,7 @@ def synthesize_slices(
         with torch.no_grad(), autocast:
             for start in range(0, x.shape[0], batch_size):
                 xb = x[start:start + batch_size].to(device=device, dtype=torch.float32)
-                out.append(method.sample(model, xb, grid=g, direction=direction).float().to(x.device))
+                out.append(euler_integrate(model, xb, g, direction).float().to(x.device))
     finally:
         model.train(was_training)
     if not out:
@@ -173,7 +167,6 @@ def _as_mask(mask: Optional[str | os.PathLike | Volume | np.ndarray], vol: Volum
 
 def synthesize_volume(
     model: nn.Module,
-    method: Method,
     volume: str | os.PathLike | Volume,
     cfg: Config,
     direction: Direction = "forward",
@@ -187,7 +180,8 @@ def synthesize_volume(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One NIfTI volume of the input modality -> the synthetic volume of the other (paper 3.2.4).
 
-    ``volume``: a path or a ``bidpm.io.Volume`` (already in RAS). ``cfg``: the model's config (its
+    ``model``: the velocity field (``TrainedModel.net``); ``grid`` None = the training grid
+    ``cfg.method.time_grid``. ``volume``: a path or a ``bidpm.io.Volume`` (already in RAS). ``cfg``: the model's config (its
     ``data`` section fixes modalities, normalisation and ``image_size``). ``mask``: optional (X, Y, Z)
     array in RAS order, or a mask NIfTI on the input's grid (MR inputs only). ``out_params``: override
     of ``output_params(cfg, output modality)`` ({"low", "high"}: what -1 and +1 map to).
@@ -208,8 +202,8 @@ def synthesize_volume(
     depth = vol.data.shape[2]
     # (X, Y, Z) -> every transverse slice (Z, X, Y) -> normalised -> (Z, H, W), as slice_table does
     x = resize_slices(normalise(np.moveaxis(vol.data, 2, 0), p_in), cfg.data.image_size)
-    y = synthesize_slices(model, method, torch.from_numpy(np.clip(x, -1.0, 1.0))[:, None], direction, grid,
-                          batch_size, precision)[:, 0].numpy()
+    y = synthesize_slices(model, torch.from_numpy(np.clip(x, -1.0, 1.0))[:, None], direction,
+                          cfg.method.time_grid if grid is None else grid, batch_size, precision)[:, 0].numpy()
     geometry = {
         "shape": list(vol.data.shape),
         "slices": list(range(depth)),
@@ -230,7 +224,6 @@ def synthesize_volume(
 
 def synthesize_file(
     model: nn.Module,
-    method: Method,
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
     cfg: Config,
@@ -238,5 +231,5 @@ def synthesize_file(
     **kwargs,
 ) -> Path:
     """``synthesize_volume`` + ``save_nifti`` (temp name, then rename); returns the written path."""
-    synthesize_volume(model, method, input_path, cfg, direction, output_path=output_path, **kwargs)
+    synthesize_volume(model, input_path, cfg, direction, output_path=output_path, **kwargs)
     return Path(output_path)

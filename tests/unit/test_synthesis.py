@@ -17,9 +17,8 @@ from bidpm.config import load_config
 from bidpm.data.normalise import ct_params
 from bidpm.data.phantom import write_phantoms
 from bidpm.io import NiftiError, load_nifti
-from bidpm.method import build_method
 from bidpm.synthesis import (
-    MR_OUTPUT_RANGE, SynthesisError, sampling_method, synthesize_file, synthesize_slices, synthesize_volume,
+    MR_OUTPUT_RANGE, SynthesisError, synthesize_file, synthesize_slices, synthesize_volume,
 )
 
 SHAPE = (40, 40, 16)
@@ -65,32 +64,32 @@ def cfg_for(*extra: str):
     return load_config(None, ["method.paired_distance=l2", "model.base_channels=8", "model.groups=4", *extra])
 
 
-@pytest.fixture
-def method():
-    return build_method(cfg_for("method.time_grid=[0,0.5,1]").method)
+TRAIN_GRID = [0.0, 0.5, 1.0]
 
 
 # --- slices -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("grid", [None, [0.0, 0.2, 1.0], [0.0, 0.1, 0.35, 0.7, 1.0]])
-def test_constant_field_moves_by_c_in_both_directions(method, grid):
+def test_constant_field_moves_by_c_in_both_directions(grid):
+    grid = grid or TRAIN_GRID
     x = torch.rand(5, 1, 8, 8) * 2 - 1
     model = Constant(0.3)
-    torch.testing.assert_close(synthesize_slices(model, method, x, "forward", grid, batch_size=2), x + 0.3)
-    torch.testing.assert_close(synthesize_slices(model, method, x, "backward", grid, batch_size=2), x - 0.3)
+    torch.testing.assert_close(synthesize_slices(model, x, "forward", grid, batch_size=2), x + 0.3)
+    torch.testing.assert_close(synthesize_slices(model, x, "backward", grid, batch_size=2), x - 0.3)
 
 
 @pytest.mark.parametrize("grid", [None, [0.0, 0.2, 1.0], [0.0, 0.25, 0.5, 0.75, 1.0]])
-def test_time_dependent_field_gives_the_riemann_sums(method, grid):
-    g = np.array(method.time_grid if grid is None else grid)
+def test_time_dependent_field_gives_the_riemann_sums(grid):
+    grid = grid or TRAIN_GRID
+    g = np.array(grid)
     a = 1.7
     left = float(sum(a * g[n - 1] * (g[n] - g[n - 1]) for n in range(1, len(g))))   # forward uses t_{n-1}
     right = float(sum(a * g[n] * (g[n] - g[n - 1]) for n in range(1, len(g))))     # backward uses t_n
     x = torch.randn(7, 1, 4, 4)
     model = TimeLinear(a)
-    fwd = synthesize_slices(model, method, x, "forward", grid, batch_size=3)
+    fwd = synthesize_slices(model, x, "forward", grid, batch_size=3)
     assert model.calls == 3 * (len(g) - 1)                     # 3 batches (3+3+1), N steps each
     torch.testing.assert_close(fwd, x + left)
-    torch.testing.assert_close(synthesize_slices(model, method, x, "backward", grid, batch_size=100), x - right)
+    torch.testing.assert_close(synthesize_slices(model, x, "backward", grid, batch_size=100), x - right)
     assert left != pytest.approx(right)                        # the two directions really differ
 
 
@@ -105,26 +104,36 @@ class Conv(nn.Module):
         return self.net(x)
 
 
-def test_slices_keep_mode_and_need_no_grad(method):
+def test_slices_keep_mode_and_need_no_grad():
     wrapped = Conv().train()
     x = torch.randn(3, 1, 8, 8)
-    y = synthesize_slices(wrapped, method, x, "forward", precision="bf16")   # CPU: bf16 request ignored
+    y = synthesize_slices(wrapped, x, "forward", TRAIN_GRID, precision="bf16")   # CPU: bf16 request ignored
     assert wrapped.training and not y.requires_grad and y.dtype == torch.float32
-    torch.testing.assert_close(y, method.sample(wrapped.eval(), x, direction="forward"))
+    with torch.no_grad():                       # Eq. 5 by hand: two Euler steps of 0.5
+        net = wrapped.eval()
+        x1 = x + 0.5 * net(x, None)
+        expected = x1 + 0.5 * net(x1, None)
+    torch.testing.assert_close(y, expected)
 
 
-def test_bad_direction_and_grid_are_clear_errors(method):
+def test_bad_direction_and_grid_are_clear_errors():
     x = torch.zeros(1, 1, 4, 4)
     with pytest.raises(SynthesisError, match="direction"):
-        synthesize_slices(Constant(0.0), method, x, "sideways")
+        synthesize_slices(Constant(0.0), x, "sideways", TRAIN_GRID)
     with pytest.raises(ValueError, match="synthesis grid"):
-        synthesize_slices(Constant(0.0), method, x, "forward", grid=[0.0, 0.7])
+        synthesize_slices(Constant(0.0), x, "forward", grid=[0.0, 0.7])
 
 
-def test_sampling_method_needs_no_lpips_weights():
-    cfg = cfg_for("method.paired_distance=lpips", "method.lpips_backbone_weights=/nonexistent.pth")
-    m = sampling_method(cfg.method)
-    assert m.time_grid == cfg.method.time_grid
+def test_trained_model_samples_without_lpips_weights():
+    """Synthesis runs the Euler solver only: a Bi-DPM model trained with LPIPS needs no VGG weights."""
+    from bidpm.trained import TrainedModel
+
+    cfg = cfg_for("method.paired_distance=lpips", "method.lpips_backbone_weights=/nonexistent.pth",
+                  "method.time_grid=[0,0.25,1]")
+    x = torch.randn(2, 1, 8, 8)
+    model = TrainedModel(Constant(0.4), cfg, "test")
+    torch.testing.assert_close(model.sample(x, "forward"), x + 0.4)
+    torch.testing.assert_close(model.sample(x, "backward", grid=[0.0, 1.0]), x - 0.4)
 
 
 # --- volumes ----------------------------------------------------------------------------------------
@@ -155,7 +164,7 @@ def test_ct_window_round_trip_with_u_zero_returns_the_clipped_hu(phantoms, tmp_p
     raw = np.asarray(nib.load(phantoms["ct"]).dataobj, dtype=np.float32)
     out = tmp_path / "ct_back.nii.gz"
     # input CT (backward = ct -> mr), outputs mapped by the CT window instead of the MR range
-    data, affine = synthesize_volume(Constant(0.0), build_method(cfg.method), phantoms["ct"], cfg, "backward",
+    data, affine = synthesize_volume(Constant(0.0), phantoms["ct"], cfg, "backward",
                                      out_params=ct_params(cfg.data.ct_window), output_path=out)
     np.testing.assert_allclose(data, np.clip(raw, -1024.0, 3000.0), atol=0.05)   # float32 round-off only
     np.testing.assert_allclose(affine, nib.load(phantoms["ct"]).affine)
@@ -168,7 +177,7 @@ def test_ct_window_round_trip_with_u_zero_returns_the_clipped_hu(phantoms, tmp_p
 def test_ct_round_trip_through_a_smaller_slice_size_matches_up_to_resize_error(phantoms):
     cfg = synthrad_cfg(16)
     raw = np.clip(np.asarray(nib.load(phantoms["ct"]).dataobj, dtype=np.float32), -1024, 3000)
-    data, _ = synthesize_volume(Constant(0.0), build_method(cfg.method), phantoms["ct"], cfg, "backward",
+    data, _ = synthesize_volume(Constant(0.0), phantoms["ct"], cfg, "backward",
                                 out_params=ct_params(cfg.data.ct_window))
     assert data.shape == raw.shape and data.min() >= -1024 - 1e-3 and data.max() <= 3000 + 1e-3
     # 40 -> 16 -> 40 blurs edges; the volume mean is kept (the resampling weights sum to one) and the
@@ -179,11 +188,11 @@ def test_ct_round_trip_through_a_smaller_slice_size_matches_up_to_resize_error(p
 
 def test_ct_to_mr_values_in_the_mr_output_range(phantoms):
     cfg = synthrad_cfg(16)
-    data, affine = synthesize_volume(Constant(5.0), build_method(cfg.method), phantoms["ct"], cfg, "backward")
+    data, affine = synthesize_volume(Constant(5.0), phantoms["ct"], cfg, "backward")
     assert data.shape == SHAPE
     # u = 5 pushes every voxel far above 1: clipped to the top of the MR range (minus, CT -> MR is backward)
     assert np.all(data >= MR_OUTPUT_RANGE[0]) and np.all(data <= MR_OUTPUT_RANGE[1])
-    data_fwd, _ = synthesize_volume(Constant(5.0), build_method(cfg.method), phantoms["mr"], cfg, "forward",
+    data_fwd, _ = synthesize_volume(Constant(5.0), phantoms["mr"], cfg, "forward",
                                     mask=phantoms["mask"])
     np.testing.assert_allclose(data_fwd, 3000.0)            # MR -> CT: +5 saturates at the window's top
     np.testing.assert_allclose(data, MR_OUTPUT_RANGE[0])     # CT -> MR: -5 saturates at the range's bottom
@@ -198,7 +207,7 @@ def test_lps_input_keeps_shape_affine_and_voxel_order(phantoms, tmp_path):
     raw = np.asarray(img.dataobj, dtype=np.float32)
     pattern = torch.linspace(-0.5, 0.5, 40 * 40).reshape(40, 40) ** 3            # not symmetric
     out = tmp_path / "t2.nii.gz"
-    path = synthesize_file(Pattern(pattern), build_method(cfg.method), phantoms["t1"], out, cfg, "forward")
+    path = synthesize_file(Pattern(pattern), phantoms["t1"], out, cfg, "forward")
     got = nib.load(path)
     assert got.shape == raw.shape
     np.testing.assert_allclose(got.affine, img.affine, atol=1e-6)
@@ -214,13 +223,13 @@ def test_lps_input_keeps_shape_affine_and_voxel_order(phantoms, tmp_path):
 def test_volume_object_input_and_bad_inputs(phantoms, tmp_path):
     cfg = brats_cfg(16)
     vol = load_nifti(phantoms["t1"])
-    data, affine = synthesize_volume(Constant(0.0), build_method(cfg.method), vol, cfg, "forward")
+    data, affine = synthesize_volume(Constant(0.0), vol, cfg, "forward")
     assert data.shape == vol.original_shape and np.allclose(affine, vol.original_affine)
     # u = 0, MR -> MR: background (0 < 0.5th percentile inside the mask) maps to -1 -> exactly 0
     assert data.min() == pytest.approx(0.0) and data.max() <= 1000.0
     with pytest.raises(NiftiError, match="does not exist"):
-        synthesize_volume(Constant(0.0), build_method(cfg.method), tmp_path / "missing.nii.gz", cfg)
+        synthesize_volume(Constant(0.0), tmp_path / "missing.nii.gz", cfg)
     with pytest.raises(SynthesisError, match="direction"):
-        synthesize_volume(Constant(0.0), build_method(cfg.method), vol, cfg, "up")
+        synthesize_volume(Constant(0.0), vol, cfg, "up")
     with pytest.raises(SynthesisError, match="mask"):
-        synthesize_volume(Constant(0.0), build_method(cfg.method), vol, cfg, mask=np.zeros(SHAPE))
+        synthesize_volume(Constant(0.0), vol, cfg, mask=np.zeros(SHAPE))

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from .base import ConfigError, Section
 from .data import DataConfig, PhantomConfig, SplitConfig
+from .evaluation import EvaluationConfig
 from .method import MethodConfig, paper_step_weights
 from .model import ModelConfig
 from .tracking import TrackingConfig
@@ -22,7 +23,7 @@ from .train import TrainConfig
 from .tune import SearchSpaceConfig, TuneConfig
 
 __all__ = [
-    "Config", "ConfigError", "DataConfig", "MethodConfig", "ModelConfig", "PhantomConfig", "SearchSpaceConfig",
+    "Config", "ConfigError", "DataConfig", "EvaluationConfig", "MethodConfig", "ModelConfig", "PhantomConfig", "SearchSpaceConfig",
     "SplitConfig", "TrackingConfig", "TrainConfig", "TuneConfig", "apply_overrides", "config_from_dict",
     "load_config", "paper_step_weights", "set_path",
 ]
@@ -40,6 +41,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")
     def _cross(self) -> "Config":

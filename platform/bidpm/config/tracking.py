@@ -14,7 +14,7 @@ class TrackingConfig(Section):
 
     ``tracking_uri`` unset: ``MLFLOW_TRACKING_URI`` when set (read once, at config load), else a SQLite
     file ``mlflow.db`` in ``output_dir``. Promotion compares ``promote_metric`` on the TEST split
-    (both directions), which is never used for model selection.
+    (both directions), which is never used for model selection, scored as ``evaluation:`` says.
     """
 
     enabled: bool = True
@@ -25,8 +25,6 @@ class TrackingConfig(Section):
     promote_metric: str = Field("test/ssim_mean", description="higher is better unless promote_mode is min")
     promote_mode: Literal["max", "min"] = "max"
     log_checkpoints: bool = Field(True, description="each trial's best checkpoint as a run artifact")
-    test_batch_size: int = Field(16, ge=1)
-    test_batches: Optional[int] = Field(None, ge=1, description="cap on test batches (smoke runs); None: the whole split")
     git_commit: Optional[str] = Field(
         None,
         description="commit tagged on runs (bidpm.git_commit); None: `git rev-parse HEAD` of the checkout at the "

@@ -88,4 +88,7 @@ class TuneConfig(Section):
     asha_reduction_factor: float = Field(2.0, gt=1.0)
     trial_cpus: float = Field(0.25, gt=0.0, description="CPU held by the trial driver itself (workers ask for their own)")
     resume: bool = Field(True, description="same experiment_name: restore and run only the unfinished part")
+    verbose: bool = Field(
+        False, description="true: Ray Tune's own console output (status tables, per-trial config and result dumps); "
+        "false: only a compact live table of the trials (bidpm.tune.progress)")
     space: SearchSpaceConfig = Field(default_factory=SearchSpaceConfig)

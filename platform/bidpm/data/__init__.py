@@ -1,6 +1,6 @@
 """Datasets: layouts, phantoms, slicing/normalisation (pure), and the Ray Data shard pipeline.
 
-``prepare_shards``, ``read_split`` and ``verify_shards`` import Ray lazily (on first use), so pure
+``prepare_shards``, ``read_split`` and ``verify_shards`` import Ray lazily (``iter_split`` never does) (on first use), so pure
 modules (``phantom``, ``layouts``, ``normalise``, ``pairing``) stay importable without it.
 """
 
@@ -13,10 +13,11 @@ from .manifest import DataError, load_manifest, volume_geometry
 from .normalise import denormalise, denormalise_ct, denormalise_mr, normalise
 from .pairing import pair_u, paired_flags
 
-_LAZY = {"prepare_shards", "read_split", "verify_shards", "TRAIN_COLUMNS", "READ_COLUMNS"}
+_LAZY = {"prepare_shards", "verify_shards"}
+_READERS = {"read_split", "iter_split", "TRAIN_COLUMNS", "READ_COLUMNS"}
 
 __all__ = [
-    "DataError", "READ_COLUMNS", "TRAIN_COLUMNS", "denormalise", "denormalise_ct", "denormalise_mr", "load_manifest",
+    "DataError", "READ_COLUMNS", "iter_split", "TRAIN_COLUMNS", "denormalise", "denormalise_ct", "denormalise_mr", "load_manifest",
     "normalise", "pair_u", "paired_flags", "prepare_shards", "read_split", "rebuild_volume", "verify_shards",
     "volume_geometry",
 ]
@@ -27,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from . import shards
 
         return getattr(shards, name)
+    if name in _READERS:
+        from . import readers
+
+        return getattr(readers, name)
     raise AttributeError(f"module 'bidpm.data' has no attribute {name!r}")

@@ -10,12 +10,7 @@ is written last, atomically; then the CURRENT pointer. Why tasks write their own
 ``Dataset.write_parquet``: the file names are then deterministic (one per subject), so the content
 digest is reproducible and the volume metadata arrives with the rows' file, in the same pass.
 
-Reading (``read_split``): one Ray Data task per shard file listed in the manifest (never a directory
-listing, so stray files are ignored), read with pyarrow, plus a ``paired`` column computed from
-``pair_u`` at read time. Image columns (fixed-size binary on disk, ``tensor_columns``) come out as
-Arrow fixed-shape tensors: ``iter_torch_batches`` yields (B, H, W) float32 tensors. Note: string
-columns (``subject``) cannot become torch tensors with Ray's default collate; pass
-``columns=TRAIN_COLUMNS`` (or ``ds.drop_columns(["subject"])``) before ``iter_torch_batches``.
+Reading the shards back is ``readers.py`` (Ray Data for training, pyarrow for evaluation).
 """
 
 from __future__ import annotations
@@ -23,11 +18,9 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from functools import partial
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-import numpy as np
 import pyarrow as pa
 
 from . import storage
@@ -36,13 +29,10 @@ from .manifest import (
     CURRENT, MANIFEST, SCHEMA_VERSION, DataError, config_digest, content_digest, input_digest,
     input_root_location, load_manifest, pseudonym, read_manifest, redacted_data_config, version_base,
 )
-from .pairing import paired_flags
 from .split import SPLITS, assign_splits
-from .tensor_columns import decode_images
+from .readers import READ_COLUMNS, TRAIN_COLUMNS, read_shard_file, read_split  # noqa: F401 - re-exported
 from .volume import SliceSettings, VolumeError, slice_table, write_table
 
-READ_COLUMNS = ("subject", "slice", "source", "target", "mask")
-TRAIN_COLUMNS = ("slice", "source", "target", "mask", "paired")  # all convertible to torch tensors
 _RESULT_KEYS = ("subject", "pseudonym", "split", "file", "rows", "sha256", "meta", "kind", "role", "location", "problem", "fix", "fatal")
 
 
@@ -257,57 +247,3 @@ def verify_shards(manifest: dict) -> None:
         if hashlib.sha256(storage.read_bytes(loc)).hexdigest() != f["sha256"]:
             raise DataError(f"{loc}: content differs from the manifest's sha256; fix: rerun jobs/prepare_data.py into a fresh data.shards_dir")
 
-
-# --------------------------------------------------------------------------------------------- read
-def _add_paired(table: pa.Table, ratio: float, seed: int, keep: Optional[bool], columns: tuple[str, ...]) -> pa.Table:
-    flags = paired_flags(table.column("subject").to_pylist(), table.column("slice").to_numpy(), seed, ratio)
-    table = table.append_column("paired", pa.array(flags, pa.bool_()))
-    if keep is not None:
-        table = table.filter(pa.array(flags == keep))
-    return table.select(list(columns))
-
-
-def _read_files(batch: pa.Table, ratio: float, seed: int, keep: Optional[bool], columns: tuple[str, ...]) -> pa.Table:
-    """One block per shard file (one subject): read it through its pyarrow filesystem, add ``paired``."""
-    tables = [read_shard_file(loc, READ_COLUMNS) for loc in batch.column("location").to_pylist()]
-    return _add_paired(pa.concat_tables(tables), ratio, seed, keep, columns)
-
-
-def read_shard_file(location: str, columns: Sequence[str] = READ_COLUMNS) -> pa.Table:
-    """One shard file (local path or URI) -> a table whose image columns are (H, W) float32 tensors."""
-    import pyarrow.parquet as pq
-
-    fs, path = storage.resolve(location)
-    with fs.open_input_file(path) as f:
-        return decode_images(pq.read_table(f, columns=list(columns)))
-
-
-def read_split(cfg, split: str, paired: Optional[bool] = None, *, columns: Sequence[str] = (*READ_COLUMNS, "paired")):
-    """A lazy ``ray.data.Dataset`` of one split's rows (cheap: no data is read until iterated).
-
-    Columns (default): subject (str), slice (int32), source / target / mask (float32 (H, W) tensors,
-    images in [-1, 1]), paired (bool: ``pair_u(subject, slice, data.pairing_seed) < data.pairing_ratio``).
-    ``paired=True``/``False`` keeps only that subset. ``columns`` selects the output columns (use
-    ``TRAIN_COLUMNS`` for ``iter_torch_batches``, which cannot convert the string ``subject``).
-    """
-    import ray
-
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    unknown = set(columns) - {*READ_COLUMNS, "paired"}
-    if unknown:
-        raise ValueError(f"unknown columns {sorted(unknown)}; available: {[*READ_COLUMNS, 'paired']}")
-    m = load_manifest(cfg)
-    files = [storage.join(m["location"], f["path"]) for f in m["files"] if f["split"] == split]
-    if not files:
-        field = {"val": "data.split.val_fraction", "test": "data.split.test_fraction"}.get(split, "data.split")
-        raise DataError(f"split {split!r} has no subjects in {m['location']}; fix: raise {field} (or list subjects) and rerun jobs/prepare_data.py")
-    # Why not ray.data.read_parquet: its file-listing stage cost seconds per call here (it is called
-    # per epoch), and the manifest already lists the files; one block per subject file keeps memory
-    # bounded by one subject's slices.
-    ds = ray.data.from_items([{"location": f} for f in files], override_num_blocks=len(files))
-    return ds.map_batches(
-        partial(_read_files, ratio=cfg.data.pairing_ratio, seed=cfg.data.pairing_seed, keep=paired, columns=tuple(columns)),
-        batch_format="pyarrow",
-        batch_size=1,
-    )

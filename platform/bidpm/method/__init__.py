@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 from ..config import MethodConfig
-from .base import Batch, Direction, LossOutput, Method, check_grid, euler_integrate, euler_states, uniform_grid
+from .base import Batch, LossOutput, Method
+from .solver import DIRECTIONS, Direction, check_direction, check_grid, euler_integrate, euler_states, uniform_grid
 from .baselines import ICFM, OTCFM, VPCFM, FlowMatching, RectifiedFlow, ot_permutation
 from .bidpm import BiDPM, build_bidpm
 
 __all__ = [
-    "Batch", "BiDPM", "Direction", "FlowMatching", "ICFM", "LossOutput", "Method", "OTCFM", "RectifiedFlow",
-    "VPCFM", "build_bidpm", "build_method", "check_grid", "euler_integrate", "euler_states", "ot_permutation",
+    "Batch", "BiDPM", "DIRECTIONS", "Direction", "FlowMatching", "ICFM", "LossOutput", "Method", "OTCFM", "RectifiedFlow",
+    "VPCFM", "build_bidpm", "build_method", "check_direction", "check_grid", "euler_integrate", "euler_states", "ot_permutation",
     "uniform_grid",
 ]
 

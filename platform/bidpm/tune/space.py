@@ -23,7 +23,7 @@ import functools
 from typing import Any, Callable, Optional
 
 from ..config import Config, SearchSpaceConfig
-from ..method.base import uniform_grid
+from ..method.solver import uniform_grid
 
 
 def _float(trial: Any, name: str, bounds: list[float], log: bool = False) -> float:

@@ -1,0 +1,127 @@
+"""Reading the shards back: Ray Data for training, plain pyarrow for evaluation.
+
+``read_split``: a lazy ``ray.data.Dataset`` - one Ray Data task per shard file listed in the manifest
+(never a directory listing, so stray files are ignored), read with pyarrow, plus a ``paired`` column
+computed from ``pair_u`` at read time. Image columns (fixed-size binary on disk, ``tensor_columns``)
+come out as Arrow fixed-shape tensors: ``iter_torch_batches`` yields (B, H, W) float32 tensors. String
+columns (``subject``) cannot become torch tensors with Ray's default collate; pass
+``columns=TRAIN_COLUMNS`` (or drop ``subject``) before ``iter_torch_batches``.
+
+``iter_split``: the same rows without Ray, streamed row group by row group (``data.row_group_rows``),
+one file open at a time, for evaluation and registry promotion: a one-process scorer would spend more
+on Ray's start-up than on reading. Every row has both modalities (shards hold co-registered pairs),
+so the pairing ratio, a training-time choice, does not apply there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from . import storage
+from .manifest import DataError, load_manifest
+from .pairing import paired_flags
+from .split import SPLITS
+from .tensor_columns import decode_images
+
+READ_COLUMNS = ("subject", "slice", "source", "target", "mask")
+TRAIN_COLUMNS = ("slice", "source", "target", "mask", "paired")  # all convertible to torch tensors
+IMAGE_COLUMNS = ("source", "target", "mask")
+
+def _add_paired(table: pa.Table, ratio: float, seed: int, keep: Optional[bool], columns: tuple[str, ...]) -> pa.Table:
+    flags = paired_flags(table.column("subject").to_pylist(), table.column("slice").to_numpy(), seed, ratio)
+    table = table.append_column("paired", pa.array(flags, pa.bool_()))
+    if keep is not None:
+        table = table.filter(pa.array(flags == keep))
+    return table.select(list(columns))
+
+
+def _read_files(batch: pa.Table, ratio: float, seed: int, keep: Optional[bool], columns: tuple[str, ...]) -> pa.Table:
+    """One block per shard file (one subject): read it through its pyarrow filesystem, add ``paired``."""
+    tables = [read_shard_file(loc, READ_COLUMNS) for loc in batch.column("location").to_pylist()]
+    return _add_paired(pa.concat_tables(tables), ratio, seed, keep, columns)
+
+
+def read_shard_file(location: str, columns: Sequence[str] = READ_COLUMNS) -> pa.Table:
+    """One shard file (local path or URI) -> a table whose image columns are (H, W) float32 tensors."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.resolve(location)
+    with fs.open_input_file(path) as f:
+        return decode_images(pq.read_table(f, columns=list(columns)))
+
+
+def read_split(cfg, split: str, paired: Optional[bool] = None, *, columns: Sequence[str] = (*READ_COLUMNS, "paired")):
+    """A lazy ``ray.data.Dataset`` of one split's rows (cheap: no data is read until iterated).
+
+    Columns (default): subject (str), slice (int32), source / target / mask (float32 (H, W) tensors,
+    images in [-1, 1]), paired (bool: ``pair_u(subject, slice, data.pairing_seed) < data.pairing_ratio``).
+    ``paired=True``/``False`` keeps only that subset. ``columns`` selects the output columns (use
+    ``TRAIN_COLUMNS`` for ``iter_torch_batches``, which cannot convert the string ``subject``).
+    """
+    import ray
+
+    unknown = set(columns) - {*READ_COLUMNS, "paired"}
+    if unknown:
+        raise ValueError(f"unknown columns {sorted(unknown)}; available: {[*READ_COLUMNS, 'paired']}")
+    files = split_files(cfg, split)
+    # Why not ray.data.read_parquet: its file-listing stage cost seconds per call here (it is called
+    # per epoch), and the manifest already lists the files; one block per subject file keeps memory
+    # bounded by one subject's slices.
+    ds = ray.data.from_items([{"location": f} for f in files], override_num_blocks=len(files))
+    return ds.map_batches(
+        partial(_read_files, ratio=cfg.data.pairing_ratio, seed=cfg.data.pairing_seed, keep=paired, columns=tuple(columns)),
+        batch_format="pyarrow",
+        batch_size=1,
+    )
+
+
+@dataclass
+class SplitBatch:
+    """One batch of a split: images (B, 1, H, W) float32 in [-1, 1] (mask in {0, 1}) and row ids."""
+
+    source: np.ndarray
+    target: np.ndarray
+    mask: np.ndarray
+    subject: list[str]
+    slice: np.ndarray
+
+
+def split_files(cfg, split: str) -> list[str]:
+    """The shard files of ``split`` listed in the manifest (locations), or a DataError naming the fix."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    m = load_manifest(cfg)
+    files = [storage.join(m["location"], f["path"]) for f in m["files"] if f["split"] == split]
+    if not files:
+        field = {"val": "data.split.val_fraction", "test": "data.split.test_fraction"}.get(split, "data.split")
+        raise DataError(f"split {split!r} has no subjects in {m['location']}; fix: raise {field} (or list subjects) "
+                        f"and rerun jobs/prepare_data.py")
+    return files
+
+
+def iter_split(cfg, split: str, batch_size: int, max_rows: Optional[int] = None) -> Iterator[SplitBatch]:
+    """Ray-free stream of ``split`` in manifest order: batches of ``batch_size`` rows (the last may be
+    short), at most ``max_rows`` rows in all. Memory: one row group plus one batch."""
+    import pyarrow.parquet as pq
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    seen = 0
+    for loc in split_files(cfg, split):
+        fs, path = storage.resolve(loc)
+        with fs.open_input_file(path) as f:
+            for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=list(READ_COLUMNS)):
+                if max_rows is not None and seen >= max_rows:
+                    return
+                t = decode_images(pa.Table.from_batches([rb]))
+                if max_rows is not None and seen + t.num_rows > max_rows:
+                    t = t.slice(0, max_rows - seen)
+                imgs = [t.column(k).combine_chunks().to_numpy_ndarray().astype(np.float32, copy=False)[:, None]
+                        for k in IMAGE_COLUMNS]
+                seen += t.num_rows
+                yield SplitBatch(*imgs, subject=t.column("subject").to_pylist(), slice=t.column("slice").to_numpy())

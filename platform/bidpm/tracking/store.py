@@ -1,0 +1,104 @@
+"""The tracking store: connect (with a fast health check), the experiment, where artifacts go.
+
+Everything goes through ``MlflowClient`` with explicit run ids (no fluent "active run"), because Tune's
+callbacks run while other runs are open; the one exception is ``pyfunc.log_model``.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from ..config import Config
+
+
+class TrackingError(RuntimeError):
+    """The tracking store or registry cannot be used as configured; the message says how to fix it."""
+
+
+def _check_http(uri: str, timeout_s: float) -> None:
+    """GET <uri>/health: an ``mlflow server`` answers OK; a refused/timed-out socket fails in seconds
+    (MLflow's own client retries for minutes, so this runs first)."""
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - configured URI
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403, 404):     # a proxy / managed server without /health: the client call decides
+            return
+        raise TrackingError(_unreachable(uri, f"HTTP {exc.code}")) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingError(_unreachable(uri, str(getattr(exc, "reason", exc)))) from None
+
+
+def _unreachable(uri: str, why: str) -> str:
+    return (
+        f"MLflow tracking URI {uri} is unreachable ({why}). Start the server "
+        f"(e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`), "
+        f"or fix tracking.tracking_uri / MLFLOW_TRACKING_URI; leave both unset for the embedded SQLite "
+        f"store in output_dir. Nothing was run."
+    )
+
+
+def use_store(cfg: Config) -> str:
+    """Point MLflow (tracking and registry) at ``cfg.mlflow_uri`` after checking a server answers;
+    returns the URI. Creates nothing in the store (``connect`` also makes the experiment)."""
+    uri = cfg.mlflow_uri
+    if uri.startswith(("http://", "https://")):
+        _check_http(uri, cfg.tracking.connect_timeout_s)
+    elif uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def connect(cfg: Config) -> tuple[MlflowClient, str]:
+    """Point MLflow at ``cfg.mlflow_uri``, check it answers, create the experiment if needed.
+
+    Returns (client, experiment_id). Raises TrackingError before any work starts when the store is
+    unreachable. The experiment is created here, in the driver, because workers/trials that look it
+    up by name fail when it does not exist yet.
+    """
+    uri = use_store(cfg)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        exp = client.get_experiment_by_name(cfg.tracking.experiment_name)
+        if exp is None:
+            exp_id = client.create_experiment(cfg.tracking.experiment_name, artifact_location=artifact_root(cfg))
+        else:
+            if exp.lifecycle_stage == "deleted":
+                raise TrackingError(
+                    f"tracking.experiment_name: experiment {cfg.tracking.experiment_name!r} is deleted in {uri}; "
+                    f"restore it (`mlflow experiments restore`) or choose another name"
+                )
+            exp_id = exp.experiment_id
+    except MlflowException as exc:
+        raise TrackingError(_unreachable(uri, str(exc).splitlines()[0])) from None
+    return client, exp_id
+
+
+def artifact_root(cfg: Config) -> Optional[str]:
+    """Artifacts of an embedded SQLite store go next to it (``output_dir/mlartifacts``), not into the
+    process's cwd (a Ray job's cwd is a temporary upload); a server decides for itself (None)."""
+    uri = cfg.mlflow_uri
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def where(cfg: Config) -> str:
+    """Human lines: where the runs are and how to browse them."""
+    uri = cfg.mlflow_uri
+    lines = [f"MLflow tracking store: {uri}  (experiment {cfg.tracking.experiment_name!r})"]
+    if uri.startswith("sqlite:///"):
+        lines.append(f"browse it with:  mlflow ui --backend-store-uri {uri}")
+    elif uri.startswith("http"):
+        lines.append(f"browse it at:  {uri}")
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""A trained model: velocity field + its config + where it came from, built in ONE place.
+
+``TrainedModel.from_checkpoint`` (a training checkpoint folder) and ``TrainedModel.from_model_uri``
+(``models:/name@alias``, ``models:/name/3``, ``runs:/...``) are the only ways a checkpoint becomes a
+model: the MLflow pyfunc (``tracking.pyfunc``), synthesis, evaluation and promotion all go through them.
+``sample(x, direction, grid)`` runs the Euler solver (``method.solver``) directly - no training
+objective, so no LPIPS weights are needed to synthesise.
+
+The network is the EMA copy (what validation and the registry score). Imports torch; MLflow only
+inside ``from_model_uri``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .config import Config, ConfigError
+from .method.solver import Direction, check_direction, check_grid, euler_integrate
+
+__all__ = ["TrainedModel", "check_compatible", "load_trained", "pick_device"]
+
+
+@dataclass
+class TrainedModel:
+    """``net``: u_theta (EMA weights) in eval mode; ``cfg``: the model's own Config (data settings decide
+    normalisation and image size); ``origin``: a human description (``checkpoint <path>`` / ``model <uri>``)."""
+
+    net: nn.Module
+    cfg: Config
+    origin: str
+
+    @property
+    def grid(self) -> list[float]:
+        """The training grid ``method.time_grid`` (the default synthesis grid)."""
+        return list(self.cfg.method.time_grid)
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.net.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "TrainedModel":
+        self.net.to(device)
+        return self
+
+    def sample(self, x: Tensor, direction: Direction = "forward", grid: Optional[Sequence[float]] = None) -> Tensor:
+        """Algorithm 2 on one batch: forward maps sources to synthetic targets (X^f_1), backward targets
+        to synthetic sources (X^b_0). ``grid`` None = the training grid. x must be on ``device``."""
+        g = check_grid(self.grid if grid is None else grid, "synthesis grid")
+        with torch.inference_mode():
+            return euler_integrate(self.net, x, g, check_direction(direction))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "TrainedModel":
+        """A checkpoint folder (or its ``state.pt``); errors name the path and the fix."""
+        from .train.checkpoint import load_checkpoint_model
+
+        ck = Path(path)
+        if not ck.exists():
+            raise ConfigError(f"--checkpoint {ck}: does not exist; pass a checkpoint folder holding state.pt "
+                              "(<output_dir>/<train.storage_path>/<run_name>/checkpoint_*)")
+        try:
+            _, net, cfg = load_checkpoint_model(ck)
+        except (FileNotFoundError, ValueError) as exc:  # load_checkpoint's own messages name the fix
+            raise ConfigError(f"--checkpoint {ck}: {exc}") from None
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            raise ConfigError(f"--checkpoint {ck}: not a readable bidpm checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]}); pass the checkpoint_* folder or its state.pt") from None
+        return cls(net.eval().requires_grad_(False), cfg, f"checkpoint {ck}").to(device)
+
+    @classmethod
+    def from_model_uri(cls, model_uri: str, cfg: Config, device: str | torch.device = "cpu") -> "TrainedModel":
+        """A logged/registered bidpm model from the tracking store ``cfg.mlflow_uri`` (checked first, so
+        an unreachable server fails in seconds). Downloaded into a temporary folder, removed afterwards."""
+        import mlflow
+        import yaml
+        from mlflow.exceptions import MlflowException
+
+        from .tracking.pyfunc import BidpmPyfunc
+        from .tracking.store import use_store
+
+        uri = use_store(cfg)
+        with tempfile.TemporaryDirectory(prefix="bidpm-model-") as workdir:
+            try:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=workdir))
+            except (MlflowException, OSError) as exc:
+                raise ConfigError(
+                    f"--model-uri {model_uri}: cannot be fetched from the tracking store {uri} "
+                    f"({str(exc).splitlines()[0]}); check the name/alias (`mlflow models` / the MLflow UI) and "
+                    f"tracking.tracking_uri (pass the training config with --config)") from None
+            meta = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
+            flavor = ((meta.get("flavors") or {}).get("python_function") or {})
+            ck_rel = ((flavor.get("artifacts") or {}).get("checkpoint") or {}).get("path")
+            if not ck_rel or not (local / ck_rel / "config.json").is_file():
+                raise ConfigError(f"--model-uri {model_uri}: not a bidpm model (no checkpoint artifact in its MLmodel); "
+                                  "register models with jobs/tune_steps.py / bidpm.tracking.log_model")
+            impl = mlflow.pyfunc.load_model(str(local)).unwrap_python_model()
+        if not isinstance(impl, BidpmPyfunc):
+            raise ConfigError(f"--model-uri {model_uri}: holds a {type(impl).__name__}, not a bidpm model (BidpmPyfunc)")
+        model = impl.model
+        model.origin = f"model {model_uri}"
+        return model.to(device)
+
+
+def load_trained(checkpoint: Optional[str], model_uri: Optional[str], cfg: Config, explicit_config: bool,
+                 device: str) -> TrainedModel:
+    """The model a job names with ``--checkpoint`` or ``--model-uri``, on ``device``.
+
+    ``explicit_config``: the user passed a config / data overrides, which must then describe the same
+    data as the model (``check_compatible``)."""
+    model = (TrainedModel.from_checkpoint(checkpoint, device) if checkpoint
+             else TrainedModel.from_model_uri(str(model_uri), cfg, device))
+    if explicit_config:
+        check_compatible(model.cfg, cfg, model.origin)
+    return model
+
+
+def check_compatible(model_cfg: Config, cfg: Config, what: str) -> None:
+    """A config given on the command line must describe the same data as the model was trained on."""
+    if list(model_cfg.data.image_size) != list(cfg.data.image_size):
+        raise ConfigError(
+            f"{what} was trained on {model_cfg.data.image_size[0]}x{model_cfg.data.image_size[1]} slices but the config "
+            f"says data.image_size={cfg.data.image_size}; drop the override / use the training config "
+            "(synthesis always resizes to the model's own size)")
+    if model_cfg.data.modalities != cfg.data.modalities:
+        raise ConfigError(
+            f"{what} maps {model_cfg.data.modalities[0]}<->{model_cfg.data.modalities[1]} but the config names "
+            f"{cfg.data.modalities[0]}<->{cfg.data.modalities[1]}; use the training config or another model")
+
+
+def pick_device(name: str) -> str:
+    """``auto`` -> cuda when available, else cpu; an unavailable CUDA device is a clear error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return name
