@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write a Fig. 2-style scatter plot PNG here")
-    cfg, args = parse_job_args(parser.description, argv, parser)
+    cfg, args = parse_job_args(parser, argv)
     if cfg.model.kind != "mlp" or cfg.model.mlp_dim != 2:
         parser.error(f"{args.config}: model.kind must be mlp with model.mlp_dim 2 for 2-D toy data (got {cfg.model.kind}, {cfg.model.mlp_dim})")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -32,7 +32,8 @@ import ray
 import torch
 
 from bidpm.config import load_config
-from bidpm.data.shards import prepare_shards, read_split
+from bidpm.data.readers import read_split
+from bidpm.data.shards import prepare_shards
 from bidpm.method import Batch, build_method
 from bidpm.model import EMA, build_velocity_field
 from bidpm.train import run_training

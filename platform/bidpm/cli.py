@@ -1,51 +1,48 @@
-"""Shared command-line front for ``jobs/*.py`` and the ``bidpm`` entry point.
+"""The command-line front shared by every job: ``bidpm JOB ...`` and ``python jobs/JOB.py ...``.
 
 Every job takes ``--config FILE`` plus ``key=value`` overrides (``train.epochs=3``,
-``method.time_grid=[0,0.5,1]``); values parse as YAML. The config is validated once, here.
+``method.time_grid=[0,0.5,1]``); values parse as YAML. The config is validated once, here. Each job's
+code is ``bidpm.commands.<job>.main``, so the ``bidpm`` console command works from an installed wheel;
+``jobs/*.py`` are the same mains for ``ray job submit`` from a checkout.
 """
 
 from __future__ import annotations
 
 import argparse
-import runpy
+import importlib
 import sys
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .config import Config, ConfigError, load_config
+from .data.manifest import DataError
 
 OVERRIDES_HELP = (
     "key=value overrides applied on top of the YAML, e.g. train.epochs=3 method.time_grid=[0,0.5,1] "
     "data.pairing_ratio=0.1; values parse as YAML"
 )
+JOBS = {
+    "prepare_data": "NIfTI volumes (or phantoms) -> Parquet slice shards + manifest (Ray Data)",
+    "train": "train one model with Ray Train (resumes by train.run_name)",
+    "tune_steps": "the main job: Ray Tune + Optuna study, MLflow runs, registry promotion",
+    "ablate_pairing": "pairing-ratio ablation (100/50/10/1% paired) over one set of shards",
+    "evaluate": "score a model on a split at several step counts (paper Fig. 7), volumes (Table 5)",
+    "synthesize": "synthesise NIfTI volumes of the other modality",
+    "promote": "challenger vs champion on the test split; move the champion alias",
+}
 
 
-def job_parser(description: str, epilog: Optional[str] = None, overrides_help: str = OVERRIDES_HELP) -> argparse.ArgumentParser:
-    """Parser with the options every job shares; a job may add its own before ``parse_job_args``.
-
-    ``overrides_help``: the positional overrides' help, for jobs whose relevant keys are not ``train.*``.
-    """
-    p = argparse.ArgumentParser(
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def job_parser(description: str, epilog: Optional[str] = None, overrides_help: str = OVERRIDES_HELP,
+               prog: Optional[str] = None) -> argparse.ArgumentParser:
+    """Parser with the options every job shares; a job adds its own before ``parse_job_args``."""
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", default=None, help="experiment YAML under configs/ (default: embedded defaults)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
     return p
 
 
-def parse_job_args(
-    description: str,
-    argv: Optional[Sequence[str]] = None,
-    parser: Optional[argparse.ArgumentParser] = None,
-    overrides_help: str = OVERRIDES_HELP,
-) -> tuple[Config, argparse.Namespace]:
-    """Parse ``--config`` + overrides into a validated Config; config errors exit 2 with the message.
-
-    ``overrides_help`` is used only when no ``parser`` is given (see ``job_parser``).
-    """
-    parser = parser or job_parser(description, overrides_help=overrides_help)
+def parse_job_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> tuple[Config, argparse.Namespace]:
+    """Parse ``--config`` + overrides into a validated Config; config errors exit 2 with the message."""
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -54,32 +51,47 @@ def parse_job_args(
     return cfg, args
 
 
-def run_main(main: Callable[[], int | None]) -> None:
-    """Run a job's main; turn known user errors into one clear line and exit status 2."""
+def config_given(args: argparse.Namespace) -> bool:
+    """Did the user name a config or data settings (which must then match a loaded model's)?"""
+    return args.config is not None or any(o.startswith("data.") for o in args.overrides)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix (one line, exit 2); modules are looked up only if loaded."""
+    errs: list[type[BaseException]] = [ConfigError, DataError]
+    for mod, name in (("bidpm.tracking.store", "TrackingError"), ("bidpm.synthesis", "SynthesisError"),
+                      ("bidpm.io.nifti", "NiftiError")):
+        if mod in sys.modules:
+            errs.append(getattr(sys.modules[mod], name))
+    return tuple(errs)
+
+
+def run_main(main: Callable[..., Optional[int]], argv: Optional[Sequence[str]] = None) -> None:
+    """Run a job's main; known user errors become one clear line and exit status 2."""
     try:
-        code = main()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        code = main(argv)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - filtered to user errors just below
+        if not isinstance(exc, _user_errors()):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(code or 0)
 
 
-JOBS = ("prepare_data", "train", "tune_steps", "ablate_pairing", "evaluate", "synthesize", "promote")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``bidpm JOB [args]``: the same scripts as ``python jobs/JOB.py`` (run from a checkout)."""
+    """``bidpm JOB [args]``: the job's ``bidpm.commands.<job>.main`` (no checkout needed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in JOBS:
-        print("usage: bidpm {" + ",".join(JOBS) + "} [--config FILE] [key=value ...]")
-        print("each job explains itself with: bidpm JOB --help")
-        sys.exit(0 if not argv or argv[0] in ("-h", "--help") else 2)
-    script = Path(__file__).resolve().parents[2] / "jobs" / f"{argv[0]}.py"
-    if not script.is_file():
-        print(f"error: {script} not found; the bidpm command runs jobs from a source checkout", file=sys.stderr)
-        sys.exit(2)
-    sys.argv = [str(script)] + argv[1:]
-    runpy.run_path(str(script), run_name="__main__")
+        width = max(map(len, JOBS))
+        print("usage: bidpm JOB [--config FILE] [key=value ...]\n\njobs:")
+        for job, what in JOBS.items():
+            print(f"  {job.ljust(width)}  {what}")
+        print("\neach job explains itself with: bidpm JOB --help")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown job {argv[0]!r}", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(0)
+    run_main(importlib.import_module(f"bidpm.commands.{argv[0]}").main, argv[1:])

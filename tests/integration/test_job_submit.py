@@ -4,6 +4,10 @@ another working directory, status SUCCEEDED, and the MLflow store then holds eve
 Stopping: `ray stop` kills every Ray process on the machine (it matches by name), which would take
 down other Ray sessions (e.g. the suite's `ray_session`). So the head this test started is stopped
 by PID: the processes whose command line names its temp dir, and their children.
+
+Ports: every server whose port Ray can pick binds port 0 itself (no race, no clash). Only the
+dashboard (the job address) and the Ray client server (no "auto" value) get ports from
+``ports.reserved_ports``: distinct, and held until just before `ray start` (see tests/ports.py).
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,18 +25,13 @@ import pytest
 
 from bidpm.config import load_config
 
+from ports import reserved_ports  # tests/ports.py (the rootdir conftest's folder is on sys.path)
 from test_tune import check_store, write_tiny  # noqa: E402 - sibling module (rootdir-inserted path)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -85,16 +83,18 @@ def _stop_head(temp_dir: str) -> None:
 def ray_head():
     """`ray start --head` on 127.0.0.1 with non-default ports and its own temp dir; yields the job address."""
     temp_dir = tempfile.mkdtemp(prefix="rjob", dir="/tmp")     # short: Ray's unix sockets live under it
-    gcs, dash = _free_port(), _free_port()
-    # every listening port chosen free: defaults (e.g. the agent's 52365) collide with other Ray instances
-    ports = [f"--{flag}={_free_port()}" for flag in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
-        "node-manager-port", "object-manager-port", "ray-client-server-port")]
-    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", *ports,
-           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           f"--temp-dir={temp_dir}", "--num-cpus=2", "--disable-usage-stats"]
-    out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
-    try:
+    # Defaults would collide with other Ray instances (GCS 6379, agent 52365, client 10001, ...), and
+    # ports picked one at a time can repeat: 0 = the component binds a free port itself; the two that
+    # need a number are reserved together and released right before `ray start`.
+    auto = [f"--{flag}=0" for flag in (
+        "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
+    with reserved_ports(2) as (dash, client):
+        cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", *auto,
+               f"--ray-client-server-port={client}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+               f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--num-cpus=2", "--disable-usage-stats"]
+    try:                                # inside: a `ray start` that times out still gets its processes stopped
+        out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stdout + out.stderr
         yield f"http://127.0.0.1:{dash}"
     finally:

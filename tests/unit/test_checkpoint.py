@@ -10,7 +10,7 @@ from bidpm.config import load_config
 from bidpm.method import Batch, build_method
 from bidpm.model import EMA, build_velocity_field
 from bidpm.train.checkpoint import CONFIG_FILE, STATE_FILE, load_checkpoint, load_checkpoint_model, save_checkpoint
-from bidpm.train.samples import grid_array, save_sample_grid
+from bidpm.train.samples import SAMPLES_FILE, grid_array, save_sample_grid, tiles_array
 
 OVERRIDES = [
     "data.image_size=[16,16]", "model.base_channels=8", "model.channel_mults=[1,2]", "model.groups=4",
@@ -86,22 +86,105 @@ def test_load_is_weights_only_and_errors_are_clear(tmp_path):
         load_checkpoint(tmp_path)
 
 
-def test_sample_grid_layout(tmp_path):
+def _grey(x: np.ndarray) -> np.ndarray:
+    """Independent reference: [-1, 1] -> 0..255, clipped (module docstring)."""
+    return np.round(np.clip((x + 1) / 2, 0, 1) * 255).astype(np.uint8)
+
+
+def _err_grey(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Independent reference: |a - b| on the documented fixed scale [0, 1] -> 0..255, clipped."""
+    return np.round(np.clip(np.abs(a - b), 0, 1) * 255).astype(np.uint8)
+
+
+def _tiles(k: int, h: int, w: int, seed: int = 0):
+    """Four (k, 1, h, w) tensors of multiples of 1/8 in [-1.25, 1.25] (exact in float32; some clip)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(-10, 11, (k, 1, h, w), generator=g).float() / 8 for _ in range(4)]
+
+
+def _expected_rows(tiles) -> list[list[np.ndarray]]:
+    """Per slice, the 8 tiles: source | fwd | target | |fwd-target| || target | bwd | source | |bwd-source|."""
+    s, f, t, b = (x[:, 0].numpy() for x in tiles)
+    return [[_grey(s[i]), _grey(f[i]), _grey(t[i]), _err_grey(f[i], t[i]),
+             _grey(t[i]), _grey(b[i]), _grey(s[i]), _err_grey(b[i], s[i])] for i in range(s.shape[0])]
+
+
+def test_sample_grid_tiles_and_error_columns():
     k, h, w = 2, 4, 5
-    vals = [-1.0, -0.5, 0.0, 1.0]  # source, fwd, target, bwd -> 0, 64, 128, 255 (rounded)
-    tiles = [torch.full((k, 1, h, w), v) for v in vals]
-    arr = grid_array(*tiles, gap=2)
-    assert arr.shape == (k * h + (k - 1) * 2, 6 * w + 2 + 2 + 4 + 2 + 2) and arr.dtype == np.uint8
-    # row 0, tile columns: source | fwd | target || target | bwd | source
-    starts = [0, w + 2, 2 * (w + 2), 3 * (w + 2) + 2, 4 * (w + 2) + 2, 5 * (w + 2) + 2]
-    expected = [0, 64, 128, 128, 255, 0]
-    for x, e in zip(starts, expected):
-        assert np.all(arr[:h, x : x + w] == e), (x, e)
+    tiles = _tiles(k, h, w)
+    for x, (f, t) in enumerate([(0.5, 0.5), (1.25, -1.25), (0.25, -0.125)]):  # fwd, target at row 0, pixel (0, x)
+        tiles[1][0, 0, 0, x], tiles[2][0, 0, 0, x] = f, t
+    arr = tiles_array(*tiles, gap=2)
+    # 8 tiles, 2-px gaps, 4 px between the directions; rows 2 px apart
+    assert arr.shape == (k * h + (k - 1) * 2, 8 * w + 6 * 2 + 4) and arr.dtype == np.uint8
+    starts = [0, 7, 14, 21, 30, 37, 44, 51]
+    for i, row in enumerate(_expected_rows(tiles)):
+        y = i * (h + 2)
+        for x, e in zip(starts, row):
+            np.testing.assert_array_equal(arr[y : y + h, x : x + w], e, err_msg=f"row {i} x {x}")
     assert np.all(arr[h : h + 2] == 255)  # separator between rows
-    path = save_sample_grid(tmp_path, *tiles)
+    gap_cols = [x - d for x in starts[1:] for d in (1, 2)] + [28]
+    assert np.all(arr[:, gap_cols] == 255)  # separators between tiles (incl. the 4-px one)
+    # the fixed [0, 1] error scale by hand: |0| -> black, |2.5| -> white (clipped), |0.375| -> 95.6 -> 96
+    assert arr[0, 21 : 21 + 3].tolist() == [0, 255, 96]
+
+
+def test_sample_grid_has_a_title_band_over_enlarged_tiles():
+    k, h, w = 3, 32, 32
+    tiles = _tiles(k, h, w, seed=1)
+    s = 128 // 32  # tiles enlarged to 128 px (MIN_TILE), nearest neighbour
+    plain, named = grid_array(*tiles), grid_array(*tiles, modalities=("T1", "T2"))
+    body_h = s * (k * h + (k - 1) * 2)
+    assert plain.dtype == np.uint8 and plain.shape[1] == s * (8 * w + 16)
+    band = plain.shape[0] - body_h
+    assert band >= 24  # two title lines above the first row
+    assert named.shape == plain.shape
+    for arr in (plain, named):
+        body = arr[band:]
+        ref = tiles_array(*tiles)
+        assert np.array_equal(body[::s, ::s], ref) and np.array_equal(body[s - 1 :: s, s - 1 :: s], ref)
+        for i, row in enumerate(_expected_rows(tiles)):  # and the tiles hold the independent values
+            for j, e in enumerate(row):
+                x, y = s * (j * (w + 2) + (2 if j >= 4 else 0)), s * i * (h + 2)
+                np.testing.assert_array_equal(body[y : y + s * h : s, x : x + s * w : s], e)
+    x0 = [s * (j * (w + 2) + (2 if j >= 4 else 0)) for j in range(8)]
+    for arr in (plain, named):
+        top = arr[:band]
+        for j, x in enumerate(x0):  # every column has a dark title of readable height over it
+            ink = top[:, x : x + s * w] < 100
+            rows = np.flatnonzero(ink.any(axis=1))
+            assert rows.size and rows[-1] - rows[0] >= 6, j  # x-height of a ~16 px font
+        for x in x0[1:]:  # nothing drawn over the white separators: titles stay inside their tile
+            assert np.all(top[:, x - 2 * s : x] == 255)
+        for x in (x0[3], x0[7]):  # the |error| columns carry a black-to-white scale bar
+            seg = top[:, x : x + s * w].astype(int)
+            ramps = [r for r in seg if _longest_ramp(r) >= s * w // 2]
+            assert ramps, "no scale bar"
+    # the modality names change only the titles
+    assert not np.array_equal(plain[:band], named[:band]) and np.array_equal(plain[band:], named[band:])
+
+
+def _longest_ramp(r: np.ndarray) -> int:
+    """Length of the longest non-decreasing run in ``r`` that climbs from <= 10 to >= 245."""
+    best, start = 0, 0
+    for i in range(1, len(r) + 1):
+        if i == len(r) or r[i] < r[i - 1]:
+            if r[start] <= 10 and r[i - 1] >= 245:
+                best = max(best, i - start)
+            start = i
+    return best
+
+
+def test_save_sample_grid_writes_the_png_atomically(tmp_path):
     from PIL import Image
 
-    saved = np.asarray(Image.open(path))
-    s = 128 // min(h, w)  # small tiles are enlarged by an integer factor, nearest neighbour
-    assert saved.shape == (arr.shape[0] * s, arr.shape[1] * s)
-    assert np.array_equal(saved[::s, ::s], arr) and np.array_equal(saved[s - 1 :: s, s - 1 :: s], arr)
+    tiles = _tiles(2, 8, 8)
+    path = save_sample_grid(tmp_path, *tiles)  # the training loop's call: tensors only
+    assert path == tmp_path / SAMPLES_FILE and [p.name for p in tmp_path.iterdir()] == [SAMPLES_FILE]
+    with Image.open(path) as im:
+        assert im.mode == "L"
+        np.testing.assert_array_equal(np.asarray(im), grid_array(*tiles))
+    save_sample_grid(tmp_path, *tiles, modalities=("T1", "T2"))  # replaces it, still no temp file
+    assert [p.name for p in tmp_path.iterdir()] == [SAMPLES_FILE]
+    with Image.open(path) as im:
+        np.testing.assert_array_equal(np.asarray(im), grid_array(*tiles, modalities=("T1", "T2")))

@@ -26,6 +26,15 @@ from . import storage
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
+def nifti_stem(path: "os.PathLike[str] | str") -> str:
+    """A NIfTI file's name without ``.nii.gz`` / ``.nii`` (``Path.stem`` would keep ``.nii``)."""
+    name = os.path.basename(os.fspath(path))
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return os.path.splitext(name)[0]
+
+
 class LayoutError(ValueError):
     """The dataset root itself is unusable (nothing to skip): names the path and the fix."""
 

@@ -31,7 +31,9 @@ from ray.train.torch import TorchTrainer
 from bidpm.config import Config
 from bidpm.data import storage
 from bidpm.data.manifest import manifest_digest
-from bidpm.data.shards import load_manifest, read_split
+from bidpm.data.readers import read_split
+from bidpm.data.shards import load_manifest, prepare_shards
+from bidpm.objective import Objective
 from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, VAL, split_sizes
 from bidpm.train.loop import train_loop_per_worker
 
@@ -53,14 +55,15 @@ def build_run_config(
 ) -> RunConfig:
     """Run name + storage (local folder or object-store URI), failure recovery, checkpoint retention."""
     tc = cfg.train
+    keep = Objective.of_checkpoints(cfg)          # which checkpoints retention keeps: the same "best" as everywhere
     return RunConfig(
         name=name or tc.run_name,
         storage_path=storage_path or cfg.storage_path,
         failure_config=FailureConfig(max_failures=tc.max_failures, controller_failure_limit=tc.controller_failure_limit),
         checkpoint_config=CheckpointConfig(
             num_to_keep=tc.checkpoint_keep,
-            checkpoint_score_attribute=tc.checkpoint_score,
-            checkpoint_score_order=tc.checkpoint_score_mode,
+            checkpoint_score_attribute=keep.metric,
+            checkpoint_score_order=keep.mode,
         ),
         callbacks=list(callbacks) or None,
     )
@@ -117,8 +120,9 @@ def run_training(
     resume: True continues ``<storage_path>/<name>`` from its latest checkpoint when it exists;
         False starts over, deleting that run folder first (local storage only).
     name, storage_path: override ``train.run_name`` / ``train.storage_path`` (one run per Tune trial).
-    datasets: a ``build_datasets(cfg)`` dict to reuse (same data section); built here when None.
-    Needs a connected Ray (``ray.init``) and prepared shards (``jobs/prepare_data.py``).
+    datasets: a ``build_datasets(cfg)`` dict to reuse (same data section); when None the shards are
+        ensured first (``prepare_shards``: idempotent, builds them on first use) and read here.
+    Needs a connected Ray (``ray.init``).
     """
     cfg = cfg.model_copy(deep=True)
     cfg.train.run_name = name or cfg.train.run_name
@@ -128,6 +132,8 @@ def run_training(
     if not resume and run_dir is not None and run_dir.exists():
         shutil.rmtree(run_dir)
 
+    if datasets is None:
+        prepare_shards(cfg)
     digest = manifest_digest(load_manifest(cfg))
     datasets = dict(datasets) if datasets is not None else build_datasets(cfg)
     _check_steps(cfg, datasets)
@@ -170,3 +176,10 @@ def _check_steps(cfg: Config, datasets: Mapping[str, ray.data.Dataset]) -> None:
 
 def _local_run_dir(storage_path: str, name: str) -> Optional[Path]:
     return None if storage.is_uri(storage_path) else Path(storage_path) / name
+
+
+def best_checkpoint(result: Result, cfg: Config) -> Optional[Any]:
+    """The kept checkpoint that is best by ``train.checkpoint_score`` (``Objective``), else the latest."""
+    objective = Objective.of_checkpoints(cfg)
+    best = objective.best(result.best_checkpoints or [], key=lambda cm: cm[1].get(objective.metric))
+    return best[0] if best is not None else result.checkpoint

@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -32,15 +32,12 @@ from torch import nn
 import ray.train
 import ray.train.torch
 from bidpm.config import Config, config_from_dict
-from bidpm.method import Batch, Method, build_method
-from bidpm.metrics import MetricAccumulator, image_metrics
+from bidpm.method import Batch, build_method
+from bidpm.evaluation import Evaluation, FieldSampler, GridSpec, evaluate
 from bidpm.model import EMA, build_velocity_field, unwrap_model
-from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, VAL, as_images, worker_batches
+from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, VAL, worker_batches
 from bidpm.train.checkpoint import load_checkpoint, save_checkpoint
 from bidpm.train.samples import save_sample_grid
-
-DIRECTIONS = ("fwd", "bwd")  # fwd: source -> target (X^f_1), bwd: target -> source (X^b_0); Algorithm 2
-
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"cfg": Config.to_dict(), "manifest_digest": str}."""
@@ -149,60 +146,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
             continue
         with tempfile.TemporaryDirectory(prefix="bidpm-ckpt-") as tmp:
-            val_metrics, shown = validate(method, ema.module, image_size, tc.batch_size, tc.val_batches,
-                                          tc.sample_grid_rows, autocast, device)
-            metrics.update(val_metrics)
+            val_rows = ray.train.get_dataset_shard(VAL).iter_torch_batches(batch_size=tc.batch_size, dtypes=torch.float32)
+            scores = validate(ema.module, cfg, val_rows, device)
+            metrics.update(scores.summary())
+            shown = scores.examples
             save_checkpoint(tmp, model=model, ema=ema, optimizer=optimizer, step=step, epoch=epoch, cfg=cfg,
                             manifest_digest=manifest_digest, scaler=scaler)
-            save_sample_grid(tmp, *shown)
+            save_sample_grid(tmp, *shown, modalities=tuple(cfg.data.modalities))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
 
 
-@torch.no_grad()
-def validate(
-    method: Method,
-    ema_model: nn.Module,
-    image_size: tuple[int, int],
-    batch_size: int,
-    max_batches: Optional[int],
-    grid_rows: int,
-    autocast: contextlib.AbstractContextManager,
-    device: torch.device,
-) -> tuple[dict[str, float], tuple[torch.Tensor, ...]]:
-    """EMA weights on the whole val split, both directions, on ``method.time_grid`` (its own step count).
+def validate(ema_model: nn.Module, cfg: Config, rows: Iterable[Any], device: torch.device) -> Evaluation:
+    """EMA weights on the val split, both directions, on ``method.time_grid`` (its own step count):
+    THE evaluation (``bidpm.evaluation``) on the batches ``rows`` yields, at most ``train.val_batches``
+    of them, keeping ``train.sample_grid_rows`` examples for the sample grid.
 
-    Returns ``{"val/fwd_ssim_mean", "val/fwd_ssim_std", ..., "val/bwd_mae_std", "val/ssim_mean",
-    "val/psnr_mean", "val/mae_mean", "val/images"}`` - the undirected ``val/<k>_mean`` is the mean of
-    the two directions' means (what Tune optimises) - and the first ``grid_rows`` slices
-    (source, forward synthesis, target, backward synthesis) for the sample grid. SSIM/PSNR/MAE are
-    computed inside the slice mask on [-1, 1] images (data_range 2).
+    ``evaluation.summary()`` gives ``val/fwd_ssim_mean`` ... ``val/ssim_mean`` (the mean of the two
+    directions, what Tune optimises) and ``val/images``, on the ``evaluation.scale`` value scale.
     """
-    acc = MetricAccumulator()
-    shown: list[list[torch.Tensor]] = [[], [], [], []]
-    n_images = 0
-    val_rows = ray.train.get_dataset_shard(VAL).iter_torch_batches(batch_size=batch_size, dtypes=torch.float32)
-    for i, rows in enumerate(val_rows):
-        if max_batches is not None and i >= max_batches:
-            break
-        x_0 = as_images(rows["source"], image_size).to(device)
-        x_1 = as_images(rows["target"], image_size).to(device)
-        mask = as_images(rows["mask"], image_size).to(device)
-        with autocast:
-            fake_1 = method.sample(ema_model, x_0, direction="forward").float()
-            fake_0 = method.sample(ema_model, x_1, direction="backward").float()
-        acc.update({f"fwd_{k}": v for k, v in image_metrics(fake_1, x_1, data_range=2.0, mask=mask).items()})
-        acc.update({f"bwd_{k}": v for k, v in image_metrics(fake_0, x_0, data_range=2.0, mask=mask).items()})
-        n_images += x_0.shape[0]
-        for keep, t in zip(shown, (x_0, fake_1, x_1, fake_0)):
-            keep.append(t[: max(grid_rows - sum(k.shape[0] for k in keep), 0)].cpu())
-    if n_images == 0:
-        raise ValueError("the val split is empty: raise data.split.val_fraction or list data.split.val_subjects")
-    out = {f"val/{k}": v for k, v in acc.compute().items()}
-    for k in ("ssim", "psnr", "mae"):
-        out[f"val/{k}_mean"] = 0.5 * (out[f"val/fwd_{k}_mean"] + out[f"val/bwd_{k}_mean"])
-    out["val/images"] = n_images
-    return out, tuple(torch.cat(k) for k in shown)
+    tc = cfg.train
+    grid = GridSpec("training grid", tuple(cfg.method.time_grid), True)
+    return evaluate(FieldSampler(ema_model), rows, [grid], split="val", scale=cfg.evaluation.scale, device=device,
+                    precision=tc.precision, max_batches=tc.val_batches, keep_examples=tc.sample_grid_rows)
 
 
 def _flag_last(items: Iterable[Batch]) -> Iterator[tuple[Batch, bool]]:

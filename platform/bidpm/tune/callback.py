@@ -8,7 +8,6 @@ study keeps writing to the same parent and child runs.
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any, Optional
 
@@ -17,6 +16,7 @@ from ray.tune import Callback
 from .. import tracking
 from ..config import config_from_dict
 from ..data.manifest import manifest_digest
+from ..objective import Objective
 from .checkpoints import checkpoint_location, local_checkpoint
 from .space import overrides_of, trial_config
 
@@ -34,6 +34,7 @@ class MLflowTrialCallback(Callback):
         self.manifest = {"content_digest": manifest_digest(manifest)}   # all log_dataset needs (small pickle)
         self.runs: dict[str, str] = {}                       # trial_id -> MLflow run id
         self.best: dict[str, tuple[float, Optional[str]]] = {}   # trial_id -> (objective, checkpoint path)
+        # best epoch by Objective.best over the reported results in order (what tune.summary does too)
         self._client: Any = None
         self._cfg: Any = None
 
@@ -81,19 +82,18 @@ class MLflowTrialCallback(Callback):
         run_id = self._run_id(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         tracking.log_metrics(self.client, run_id, {k: v for k, v in result.items() if "/" in k or k == "epoch"}, step)
-        cfg = self.cfg
-        value = result.get(cfg.tune.metric)
-        if isinstance(value, (int, float)) and not math.isnan(value):
-            old = self.best.get(trial.trial_id)
-            better = old is None or (value > old[0] if cfg.tune.mode == "max" else value < old[0])
-            if better:
-                self.best[trial.trial_id] = (float(value), result.get("checkpoint_path"))
+        objective = Objective.of_tune(self.cfg)
+        old = self.best.get(trial.trial_id)
+        value = result.get(objective.metric)
+        if objective.better(value, old[0] if old else None):
+            self.best[trial.trial_id] = (float(value), result.get("checkpoint_path"))
 
     def _finish(self, trial: Any, status: str) -> None:
         run_id = self._run_id(trial)
         best = self.best.get(trial.trial_id)
         if best is not None:
             self.client.set_tag(run_id, "bidpm.best_objective", f"{best[0]:.6f}")
+            self.client.set_tag(run_id, "bidpm.best_checkpoint", str(best[1]))
             self._log_checkpoint(run_id, trial, best[1])
         self.client.set_terminated(run_id, status=status)
 

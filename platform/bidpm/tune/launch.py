@@ -37,6 +37,7 @@ from ..data import storage
 from ..data.manifest import manifest_digest
 from .callback import MLflowTrialCallback
 from .checkpoints import checkpoint_location, local_checkpoint
+from .progress import progress_settings
 from .space import apply_to, define_by_run, overrides_of, trial_config
 from .summary import best_row, format_table, plot_summary, trial_row
 
@@ -127,16 +128,18 @@ def _write_text(location: str, text: str) -> None:
 def run_study(cfg: Config, *, print_fn=print) -> StudyResult:
     """The whole study: fail-fast checks, Tune, MLflow runs, best config, registry promotion.
 
-    Needs a connected Ray and prepared shards. Order: tracking store reachable and registry name
-    compatible (before any trial); finished study -> report and return; then trials.
+    Needs a connected Ray; builds the shards on first use (``prepare_shards``, idempotent). Order:
+    tracking store reachable and registry name compatible (before any trial); finished study -> report
+    and return; then trials.
     """
     client = exp_id = None
     if cfg.tracking.enabled:
         client, exp_id = tracking.connect(cfg)
         if cfg.tracking.register_best:
             tracking.check_registry(client, cfg)
-    from ..data.shards import load_manifest
+    from ..data.shards import load_manifest, prepare_shards
 
+    prepare_shards(cfg)
     manifest = load_manifest(cfg)
     exp_dir = experiment_dir(cfg)
 
@@ -179,8 +182,8 @@ def run_study(cfg: Config, *, print_fn=print) -> StudyResult:
                                    scheduler=_scheduler(cfg), num_samples=cfg.tune.num_samples,
                                    max_concurrent_trials=cfg.tune.max_concurrent_trials,
                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
-            run_config=RunConfig(name=cfg.tune.experiment_name, storage_path=cfg.storage_path, callbacks=callbacks,
-                                 verbose=1),
+            run_config=RunConfig(name=cfg.tune.experiment_name, storage_path=cfg.storage_path,
+                                 **progress_settings(cfg, callbacks)),
         )
     results = tuner.fit()
 
@@ -226,10 +229,11 @@ def _track_study(client: Any, cfg: Config, best_cfg: Config, parent: str, rows: 
         location = checkpoint_location(best["checkpoint_path"], cfg.storage_path)   # Tune drops s3:// / gs://
         with local_checkpoint(location) as folder:                                  # downloaded when remote
             model_uri = tracking.log_model(best_cfg, run_id, str(folder))
-        scores = tracking.evaluate_model(model_uri, best_cfg, "test")          # test split: never used to select
+        scores = tracking.score_model(model_uri, best_cfg, "test")             # test split: never used to select
         tracking.log_metrics(client, parent, scores, step=0)
         version = tracking.register(client, best_cfg, model_uri, run_id,
                                     {"bidpm.study": cfg.tune.experiment_name, "bidpm.trial_id": best["trial"],
+                                     "bidpm.checkpoint": best["checkpoint_path"],   # = the trial run's bidpm.best_checkpoint
                                      "bidpm.git_commit": tracking.git_commit(cfg)})
         decision = tracking.promote(client, best_cfg, version, challenger_scores=scores)
         tracking.set_tags(client, parent, {"bidpm.registered_version": version, **tracking.decision_tags(decision)})

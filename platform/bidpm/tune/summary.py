@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from ..data.storage import write_bytes_atomic
+from ..objective import Objective
 
 COLUMNS = (
     ("trial", "trial"), ("N", "n_steps"), ("grid", "time_grid"), ("w_n", "step_weights"), ("lambda_u", "lambda_unpaired"),
@@ -37,8 +38,7 @@ def trial_row(trial: str, overrides: Mapping[str, Any], history: Sequence[Mappin
     history: the trial's reported results in order (dicts with ``metric`` and the val/* keys).
     status: finished (all epochs), stopped (ASHA early stop), error.
     """
-    scored = [h for h in history if isinstance(h.get(metric), (int, float)) and not math.isnan(h[metric])]
-    best = (max if mode == "max" else min)(scored, key=lambda h: h[metric]) if scored else {}
+    best = Objective(metric, mode).best(history) or {}    # the epoch the MLflow callback picks too
     epochs = max((int(h.get("training_iteration", 0)) for h in history), default=0)
     grid = list(overrides.get("method.time_grid", []))
     row: dict[str, Any] = {
@@ -60,10 +60,8 @@ def trial_row(trial: str, overrides: Mapping[str, Any], history: Sequence[Mappin
 
 
 def best_row(rows: Iterable[Mapping[str, Any]], mode: str) -> Optional[Mapping[str, Any]]:
-    scored = [r for r in rows if r.get("objective") is not None and r.get("checkpoint_path")]
-    if not scored:
-        return None
-    return (max if mode == "max" else min)(scored, key=lambda r: r["objective"])
+    """The best trial with a checkpoint (ties: the first row)."""
+    return Objective("objective", mode).best(r for r in rows if r.get("checkpoint_path"))
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], best_trial: Optional[str] = None) -> str:
@@ -87,10 +85,9 @@ def plot_summary(rows: Sequence[Mapping[str, Any]], metric: str, mode: str, path
     ys = [r.get("objective") for r in rows]
     xs = list(range(1, len(rows) + 1))
     a.scatter(xs, [float("nan") if y is None else y for y in ys], c=["C3" if r.get("status") == "stopped" else "C0" for r in rows])
-    run, cur = [], None
+    run, cur, objective = [], None, Objective(metric, mode)
     for y in ys:
-        if y is not None:
-            cur = y if cur is None else (max(cur, y) if mode == "max" else min(cur, y))
+        cur = y if objective.better(y, cur) else cur
         run.append(float("nan") if cur is None else cur)
     a.step(xs, run, where="post", color="k", lw=1, label="best so far")
     a.set(xlabel="trial (launch order; red = stopped early by ASHA)", ylabel=metric, title="objective vs trial")

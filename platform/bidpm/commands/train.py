@@ -1,0 +1,33 @@
+"""Train one model with Ray Train: ``python jobs/train.py --config configs/quickstart.yaml [key=value ...]``.
+
+Rerunning the same command (same ``train.run_name``) continues from the run's latest checkpoint;
+``--restart`` starts the run over. Shards are built on first use. Connects to the Ray cluster named by
+RAY_ADDRESS (or the job's cluster under `ray job submit`), else starts a local Ray; the bidpm package
+is shipped to every worker.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional, Sequence
+
+from ..cli import job_parser, parse_job_args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = job_parser(__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 1)[1], prog="bidpm train")
+    parser.add_argument("--restart", action="store_true", help="delete the run folder and train from scratch")
+    cfg, args = parse_job_args(parser, argv)
+    from ..raycluster import connect_ray
+    from ..train.launch import best_checkpoint, run_training
+    from ..tune.checkpoints import checkpoint_location
+
+    connect_ray(log_to_driver=True)          # the training loop's progress lines are the job's output
+    result = run_training(cfg, resume=not args.restart)
+    best = best_checkpoint(result, cfg)
+    print(json.dumps({k: v for k, v in result.metrics.items() if k.startswith(("epoch", "step", "val/", "train/loss"))}, indent=2))
+    where = lambda p: checkpoint_location(p, cfg.storage_path)  # noqa: E731 - Ray drops s3:// / gs://
+    print(f"run folder:        {where(result.path)}")
+    print(f"latest checkpoint: {where(result.checkpoint.path) if result.checkpoint else None}")
+    print(f"best checkpoint:   {where(best.path) if best else None}  ({cfg.train.checkpoint_score}, {cfg.train.checkpoint_score_mode})")
+    return 0

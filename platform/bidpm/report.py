@@ -1,0 +1,141 @@
+"""Tables and figures of evaluations, for people: step-count tables (paper Fig. 7 layout), volume tables
+(paper Table 5) and the pairing-ratio ablation table and plot. Every table ends with the value scale's
+note (``evaluation.scale_note``) so its numbers can be compared with papers. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .data.storage import write_bytes_atomic
+from .evaluation import METRICS, SHORT, Evaluation, scale_note
+
+DIRS = tuple(SHORT.values())  # fwd, bwd
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Unique temp name beside ``path`` + rename: never a partial file under the real name."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(str(p), data)
+    return p
+
+
+def _cell(mean: Any, std: Any, metric: str) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    fmt = "{:.2f}" if "psnr" in metric or metric.startswith("hu_mae") else "{:.4f}"
+    return f"{fmt.format(mean)}±{fmt.format(std)}"
+
+
+def _table(head: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(c) for c in col) for col in zip(head, *body)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def grid_rows(ev: Evaluation) -> list[dict[str, Any]]:
+    """One plain row per grid: label, steps, grid, training_grid and the summary keys without the split."""
+    rows = []
+    for g in ev.grids:
+        s = {k.split("/", 1)[1]: v for k, v in g.summary(ev.split).items()}
+        rows.append({"label": g.spec.label, "steps": g.spec.steps, "grid": list(g.spec.grid),
+                     "training_grid": g.spec.training_grid, **s})
+    return rows
+
+
+def format_grid_table(ev: Evaluation) -> str:
+    """Grid x (direction, metric) table of mean±std over images."""
+    head = ["grid", "N"] + [f"{d} {m.upper()}" for d in DIRS for m in METRICS]
+    body = [[r["label"], str(r["steps"])] + [_cell(r[f"{d}_{m}_mean"], r[f"{d}_{m}_std"], m) for d in DIRS for m in METRICS]
+            for r in grid_rows(ev)]
+    return _table(head, body) + f"\n{scale_note(ev.scale)}; mean±std over {int(ev.main.summary(ev.split)[f'{ev.split}/images'])} slices"
+
+
+def format_volume_table(ev: Evaluation) -> str:
+    """Per-volume 3-D metrics (paper Table 5) and, where a direction produces CT, SynthRAD's HU metrics."""
+    if not ev.volumes:
+        return ""
+    s = ev.summary()
+    keys = [k for k in ("vol_ssim", "vol_psnr", "vol_mae", "hu_mae", "hu_psnr", "hu_ssim")
+            if any(f"{ev.split}/{d}_{k}_mean" in s for d in DIRS)]
+    head = ["direction"] + [("3-D " if k.startswith("vol_") else "SynthRAD ") + k.split("_", 1)[1].upper() for k in keys]
+    body = [[d] + [_cell(s.get(f"{ev.split}/{d}_{k}_mean"), s.get(f"{ev.split}/{d}_{k}_std"), k) for k in keys] for d in DIRS]
+    note = (f"{len(ev.volume_subjects)} volumes (the shards' slices stacked in slice order, training grid); "
+            f"3-D: 7x7x7 uniform-window SSIM in the mask, value scale as the slices ({scale_note(ev.scale)}); "
+            "SynthRAD: the challenge's MAE (HU) / PSNR / SSIM on [-1024, 3000] HU")
+    skipped = f"\nskipped (NaN): {', '.join(f'{k}: {v}' for k, v in ev.volumes_skipped.items())}" if ev.volumes_skipped else ""
+    return _table(head, body) + "\n" + note + skipped
+
+
+def plot_steps(ev: Evaluation, path: str | Path, title: str) -> Path:
+    """Quality vs Euler steps, both directions, one panel per metric (paper Fig. 7 layout), error bars = std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = grid_rows(ev)
+    uniform = sorted((r for r in rows if r["label"].startswith("uniform")), key=lambda r: r["steps"])
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
+    for ax, m in zip(axes, METRICS):
+        for (d, name), colour in zip((("fwd", "forward"), ("bwd", "backward")), ("tab:blue", "tab:orange")):
+            ax.errorbar([r["steps"] for r in uniform], [r[f"{d}_{m}_mean"] for r in uniform],
+                        yerr=[r[f"{d}_{m}_std"] for r in uniform], marker="o", capsize=3, color=colour, label=f"{name} (uniform)")
+            for r in rows:
+                if r["training_grid"]:
+                    ax.plot([r["steps"]], [r[f"{d}_{m}_mean"]], marker="*", markersize=14, color=colour, linestyle="none",
+                            label=f"{name} (training grid)")
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({r["steps"] for r in rows}))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("Euler steps N")
+        ax.set_title(m.upper() + (" (lower is better)" if m == "mae" else ""))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{title}\n{scale_note(ev.scale)}", fontsize=8)
+    fig.tight_layout()
+    return write_atomic(path, _png(fig))
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def format_ablation_table(rows: Sequence[Mapping[str, Any]], split: str, scale: str) -> str:
+    """Pairing ratio x test SSIM/PSNR both directions (mean±std over images)."""
+    head = ["paired %", "lambda_u"] + [f"{d} {m.upper()}" for d in DIRS for m in ("ssim", "psnr")] + ["status"]
+    body = []
+    for r in rows:
+        cells = [f"{100 * r['ratio']:g}", f"{r['lambda_u']:.3g}"]
+        cells += [_cell(r.get(f"{split}/{d}_{m}_mean"), r.get(f"{split}/{d}_{m}_std"), m) for d in DIRS for m in ("ssim", "psnr")]
+        body.append(cells + [r["status"]])
+    return _table(head, body) + f"\n{scale_note(scale)}"
+
+
+def plot_ablation(rows: Sequence[Mapping[str, Any]], split: str, scale: str) -> bytes:
+    """Test SSIM vs paired % (log axis), both directions, error bars = std over images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r.get(f"{split}/ssim_mean") is not None]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for d, label in (("fwd", "forward"), ("bwd", "backward")):
+        ax.errorbar([100 * r["ratio"] for r in ok], [r[f"{split}/{d}_ssim_mean"] for r in ok],
+                    yerr=[r[f"{split}/{d}_ssim_std"] for r in ok], marker="o", capsize=3, label=label)
+    ax.set(xscale="log", xlabel="paired rows (%)", ylabel=f"{split} SSIM", title="pairing-ratio ablation")
+    ax.legend()
+    fig.text(0.01, 0.01, scale_note(scale), fontsize=6)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return _png(fig)
