@@ -112,29 +112,21 @@ def test_synthesize_checkpoint_and_registry_model(trained, monkeypatch):
         assert net(torch.zeros(1, 1, 16, 16), torch.zeros(1)).abs().max() > 1e-3
 
 
-def load_job(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"job_{name}", REPO / "jobs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_synthesize_refuses_wrong_inputs(trained):
     from bidpm.config import ConfigError, load_config
 
     out, ck = trained["out"], trained["checkpoint"]
-    from bidpm.model_source import check_compatible
+    from bidpm.commands import synthesize as job
+    from bidpm.data.inputs import resolve_inputs
+    from bidpm.trained import check_compatible
 
-    job = load_job("synthesize")
     t2 = sorted((out / "phantoms").rglob("*_t2.nii.gz"))[0]
     with pytest.raises(ConfigError, match="--direction backward"):           # t2 given, forward = t1 -> t2
-        job.resolve_inputs([str(t2)], "t1", "t2", "forward")
+        resolve_inputs([str(t2)], "t1", "t2", "forward")
     with pytest.raises(ConfigError, match="no such file"):
-        job.resolve_inputs([str(out / "nope.nii.gz")], "t1", "t2", "forward")
+        resolve_inputs([str(out / "nope.nii.gz")], "t1", "t2", "forward")
     with pytest.raises(ConfigError, match="no NIfTI named for the input modality 'ct'"):
-        job.resolve_inputs([str(out / "phantoms")], "ct", "mr", "forward")
+        resolve_inputs([str(out / "phantoms")], "ct", "mr", "forward")
     with pytest.raises(ConfigError, match="--grid"):
         job.parse_grid(None, "0,0.7")
     assert job.parse_grid(4, None) == [0.0, 0.25, 0.5, 0.75, 1.0] and job.parse_grid(None, "0,0.3,1") == [0.0, 0.3, 1.0]
@@ -160,15 +152,16 @@ def test_evaluate_table_json_plot(trained):
     assert result["split"] == "test" and result["slices"] == 4              # 1 test subject x 4 central slices
     for r in rows:
         for d in ("fwd", "bwd"):
-            assert 0.0 < r[f"{d}/psnr_mean"] < 100.0 and -1.0 <= r[f"{d}/ssim_mean"] <= 1.0 and r[f"{d}/mae_mean"] >= 0
+            assert 0.0 < r[f"{d}_psnr_mean"] < 100.0 and -1.0 <= r[f"{d}_ssim_mean"] <= 1.0 and r[f"{d}_mae_mean"] >= 0
     for r in rows:
         assert r["label"] in res.stdout
-    assert "fwd SSIM" in res.stdout and "bwd PSNR" in res.stdout
+    assert "fwd SSIM" in res.stdout and "bwd PSNR" in res.stdout and "evaluation.scale=unit" in res.stdout
+    assert result["scale"] == "unit" and len(result["per_image"]["uniform N=1"]["fwd"]["ssim"]) == 4
 
     # independent recomputation of one cell: read the test rows with Ray Data, synthesise in-process
     import torch
 
-    from bidpm.data.shards import read_split
+    from bidpm.data.readers import read_split
     from bidpm.method import build_method, uniform_grid
     from bidpm.metrics import image_metrics
     from bidpm.train.checkpoint import load_checkpoint_model
@@ -178,5 +171,41 @@ def test_evaluate_table_json_plot(trained):
     x_0, x_1, m = (torch.as_tensor(np.stack([r[k] for r in rows_t]))[:, None] for k in ("source", "target", "mask"))
     with torch.no_grad():
         y = build_method(ck_cfg.method).sample(net, x_1, grid=uniform_grid(5), direction="backward")
-    ref = image_metrics(y, x_0, 2.0, m)["psnr"]
-    assert rows[2]["bwd/psnr_mean"] == pytest.approx(float(ref.nanmean()), abs=1e-3)
+    ref = image_metrics((y + 1) / 2, (x_0 + 1) / 2, 1.0, m)               # evaluation.scale=unit, by hand
+    assert rows[2]["bwd_psnr_mean"] == pytest.approx(float(ref["psnr"].nanmean()), abs=1e-3)
+    assert rows[2]["bwd_ssim_mean"] == pytest.approx(float(ref["ssim"].nanmean()), abs=1e-4)
+
+
+def test_every_caller_gets_the_same_numbers(trained, monkeypatch):
+    """Training validation, registry promotion scoring and jobs/evaluate.py on one checkpoint and split
+    go through the one evaluation: their values agree (to float32 batch-composition noise)."""
+    import torch
+
+    from bidpm import tracking
+    from bidpm.data.readers import read_split
+    from bidpm.train.checkpoint import load_checkpoint_model
+    from bidpm.train.loop import validate
+
+    out, ck = trained["out"], trained["checkpoint"]
+    cfg = trained["cfg"].model_copy(update={"train": trained["cfg"].train.model_copy(update={"val_batches": None})})
+    # 1. the train loop's validation, on Ray Data batches as a worker streams them (batch = train.batch_size)
+    _, net, _ = load_checkpoint_model(ck)
+    rows = read_split(cfg, "val", columns=["source", "target", "mask"]).iter_torch_batches(batch_size=cfg.train.batch_size,
+                                                                                         dtypes=torch.float32)
+    in_loop = validate(net, cfg, rows, torch.device("cpu")).summary()
+    # 2. promotion's scoring of the registered model (pyarrow reader, evaluation.batch_size = 16)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client, exp_id = tracking.connect(cfg)
+    run = client.create_run(exp_id)
+    tracking.register(client, cfg, tracking.log_model(cfg, run.info.run_id, str(ck)), run.info.run_id, {})
+    promoted = tracking.score_model("models:/synth-tiny@challenger", cfg, "val")
+    # 3. the evaluate job as a subprocess, batch size 3
+    js = out / "eval_same" / "val.json"
+    res = run_job("evaluate", "--checkpoint", ck, "--split", "val", "--steps", "2", "--batch-size", "3", "--json", js)
+    assert res.returncode == 0, res.stderr[-3000:]
+    job = json.loads(js.read_text())["summary"]
+    keys = [k for k in in_loop if not k.startswith("val/images")]
+    assert len(keys) == 15 and in_loop["val/images"] == promoted["val/images"] == job["val/images"] == 4
+    for k in keys:
+        assert promoted[k] == pytest.approx(in_loop[k], rel=1e-5, abs=1e-6), k
+        assert job[k] == pytest.approx(in_loop[k], rel=1e-5, abs=1e-6), k

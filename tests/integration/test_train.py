@@ -56,19 +56,25 @@ def make_cfg(ray_session, tmp_path_factory):
 @pytest.fixture(scope="module")
 def val_tensors(make_cfg):
     """The raw val rows (source, target, mask), each (n, 1, H, W), read independently of the trainer."""
-    from bidpm.data.shards import read_split
+    from bidpm.data.readers import read_split
 
     rows = read_split(make_cfg(), "val", columns=["source", "target", "mask"]).take_all()
     return tuple(torch.as_tensor(np.stack([r[k] for r in rows]))[:, None] for k in ("source", "target", "mask"))
 
 
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1]: the default reporting scale, written out here independently of bidpm.evaluation."""
+    return (x + 1.0) / 2.0
+
+
 def identity_ssim(val_tensors) -> float:
-    """SSIM of the identity map (synthesis = input), averaged over both directions like val/ssim_mean."""
+    """SSIM of the identity map (synthesis = input), averaged over both directions like val/ssim_mean,
+    on the default value scale (evaluation.scale=unit: (x + 1) / 2, data range 1)."""
     from bidpm.metrics import image_metrics
 
-    x_0, x_1, mask = val_tensors
-    fwd = image_metrics(x_0, x_1, data_range=2.0, mask=mask)["ssim"].nanmean()  # NaN: slice with an empty mask
-    bwd = image_metrics(x_1, x_0, data_range=2.0, mask=mask)["ssim"].nanmean()
+    x_0, x_1, mask = unit(val_tensors[0]), unit(val_tensors[1]), val_tensors[2]
+    fwd = image_metrics(x_0, x_1, data_range=1.0, mask=mask)["ssim"].nanmean()  # NaN: slice with an empty mask
+    bwd = image_metrics(x_1, x_0, data_range=1.0, mask=mask)["ssim"].nanmean()
     return float(0.5 * (fwd + bwd))
 
 
@@ -127,14 +133,17 @@ def test_bidpm_ddp_mixed_batches_recovers_a_killed_worker_and_converges(make_cfg
     from PIL import Image
 
     grid = np.asarray(Image.open(f"{ckpt_dir}/samples.png"))
-    assert grid.shape == (4 * (3 * 32 + 2 * 2), 4 * (6 * 32 + 12))  # 32-px tiles enlarged 4x
+    # 3 rows x 8 tiles (|error| columns included) of 32-px tiles enlarged 4x, under a band of column titles
+    body = 4 * (3 * 32 + 2 * 2)
+    assert grid.shape[1] == 4 * (8 * 32 + 16) and grid.shape[0] > body
+    assert (grid[: grid.shape[0] - body] < 100).any() and np.all(grid[-body + 4 * 32 : -body + 4 * 34] == 255)
     model, ema_model, cfg2 = load_checkpoint_model(result.checkpoint)
     assert cfg2.method == cfg.method and cfg2.train.run_name == "bidpm-ddp"
     x_0, x_1, mask = val_tensors
     method = build_method(cfg2.method)
     with torch.no_grad():
-        fwd = image_metrics(method.sample(ema_model, x_0, direction="forward"), x_1, data_range=2.0, mask=mask)
-        bwd = image_metrics(method.sample(ema_model, x_1, direction="backward"), x_0, data_range=2.0, mask=mask)
+        fwd = image_metrics(unit(method.sample(ema_model, x_0, direction="forward")), unit(x_1), data_range=1.0, mask=mask)
+        bwd = image_metrics(unit(method.sample(ema_model, x_1, direction="backward")), unit(x_0), data_range=1.0, mask=mask)
     assert m["val/images"] == x_0.shape[0]
     assert float(fwd["ssim"].nanmean()) == pytest.approx(m["val/fwd_ssim_mean"], abs=1e-4)
     assert float(bwd["psnr"].nanmean()) == pytest.approx(m["val/bwd_psnr_mean"], abs=1e-3)
@@ -182,7 +191,7 @@ def test_grad_accum_steps_on_an_epochs_leftover_micro_batches(make_cfg):
     last, smaller optimizer step (an earlier version silently dropped them)."""
     import math
 
-    from bidpm.data.shards import read_split
+    from bidpm.data.readers import read_split
     from bidpm.train import run_training
 
     accum, batch = 5, 8

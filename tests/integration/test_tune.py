@@ -26,7 +26,8 @@ TINY = {
     "train": {"num_workers": 1, "cpus_per_worker": 0.5, "epochs": 2, "batch_size": 4, "max_steps_per_epoch": 2,
               "val_batches": 1, "lr": 1.0e-3},
     "tune": {"experiment_name": "tiny-tune", "num_samples": 2, "space": {"n_steps": [1, 2]}},
-    "tracking": {"experiment_name": "tiny", "registered_model_name": "tiny-model", "test_batches": 1},
+    "tracking": {"experiment_name": "tiny", "registered_model_name": "tiny-model"},
+    "evaluation": {"max_batches": 1},
 }
 
 
@@ -78,6 +79,10 @@ def check_store(cfg, n_trials: int) -> None:
     mv = client.get_model_version(name, v)
     assert mv.tags["bidpm.promotion.decision"] == "promoted"
     assert 0.0 < float(mv.tags["bidpm.test/ssim_mean"]) <= 1.0
+    assert "evaluation.scale=unit" in mv.tags["bidpm.metric_scale"] and "bidpm.metric_scale" in parent.data.tags
+    # one Objective: the checkpoint the best trial's run logged is the one the registry holds
+    best_run = next(r for r in trials if r.data.tags[tracking.TAG_TRIAL] == parent.data.tags["bidpm.best_trial"])
+    assert mv.tags["bidpm.checkpoint"] == best_run.data.tags["bidpm.best_checkpoint"] != "None"
     assert {"summary"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 

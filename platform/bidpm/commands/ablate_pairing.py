@@ -51,7 +51,8 @@ def run_ablation(cfg: Config, ratios: Sequence[float]) -> int:
     """Every ratio trained (resumable by run name) and test-scored; table, plot and MLflow runs."""
     from .. import tracking
     from ..data.manifest import manifest_digest
-    from ..data.shards import load_manifest, prepare_shards
+    from ..data.manifest import load_manifest
+    from ..data.shards import prepare_shards
     from ..raycluster import connect_ray
 
     client = exp_id = parent = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -27,7 +28,7 @@ from . import storage
 from .layouts import LayoutError, Problem, SubjectFiles, discover
 from .manifest import (
     CURRENT, MANIFEST, SCHEMA_VERSION, DataError, config_digest, content_digest, input_digest,
-    input_root_location, load_manifest, pseudonym, read_manifest, redacted_data_config, version_base,
+    input_root_location, pseudonym, read_manifest, redacted_data_config, version_base,
 )
 from .split import SPLITS, assign_splits
 from .readers import READ_COLUMNS, TRAIN_COLUMNS, read_shard_file, read_split  # noqa: F401 - re-exported

@@ -12,7 +12,7 @@ Which value scale a reported number uses is decided in ``bidpm.evaluation``, not
 from .aggregate import BACKWARD, FORWARD, MetricAccumulator, direction_metrics, summarise
 from .clinical import synthrad_metrics, volume_metrics
 from .fid import (
-    INCEPTION_WEIGHTS_FILE, FIDWeightsUnavailable, _inception, feature_statistics, fid, frechet_distance,
+    INCEPTION_WEIGHTS_FILE, FIDWeightsUnavailable, _inception, feature_statistics, fid, frechet_distance,  # noqa: F401
     inception_features, inception_weights_path,
 )
 from .image import PSNR_MAX_DB, SSIM_WINDOW, image_metrics, mae, psnr, ssim, ssim_map

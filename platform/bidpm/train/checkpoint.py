@@ -106,6 +106,23 @@ def load_checkpoint_model(path: Any, map_location: str | torch.device = "cpu") -
     return model.to(map_location).eval(), ema.module.to(map_location).eval(), cfg
 
 
+def check_resumable(state: dict[str, Any], cfg: Config, manifest_digest: str) -> None:
+    """Refuse to continue a run on other shards or with another network shape (the weights would not fit)."""
+    if state["manifest_digest"] != manifest_digest:
+        raise ValueError(
+            f"train.run_name={cfg.train.run_name!r}: its latest checkpoint was trained on shards with digest "
+            f"{state['manifest_digest']}, the shards now have {manifest_digest}; pick a new train.run_name "
+            "(or restore the shards it was trained on)"
+        )
+    current = cfg.model.model_dump(mode="json")
+    if state["config"]["model"] != current:
+        raise ValueError(
+            f"train.run_name={cfg.train.run_name!r}: its latest checkpoint has model settings "
+            f"{state['config']['model']}, the config now has {current}; "
+            "pick a new train.run_name to train this model from scratch"
+        )
+
+
 def _to_cpu(obj: Any) -> Any:
     """Tensors anywhere in nested dicts/lists -> CPU (a CUDA tensor would pin the checkpoint to a GPU)."""
     if isinstance(obj, torch.Tensor):

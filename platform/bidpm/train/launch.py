@@ -30,9 +30,9 @@ from ray.train.torch import TorchTrainer
 
 from bidpm.config import Config
 from bidpm.data import storage
-from bidpm.data.manifest import manifest_digest
+from bidpm.data.manifest import load_manifest, manifest_digest
 from bidpm.data.readers import read_split
-from bidpm.data.shards import load_manifest, prepare_shards
+from bidpm.data.shards import prepare_shards
 from bidpm.objective import Objective
 from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, VAL, split_sizes
 from bidpm.train.loop import train_loop_per_worker

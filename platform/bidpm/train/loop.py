@@ -34,9 +34,9 @@ import ray.train.torch
 from bidpm.config import Config, config_from_dict
 from bidpm.method import Batch, build_method
 from bidpm.evaluation import Evaluation, FieldSampler, GridSpec, evaluate
-from bidpm.model import EMA, build_velocity_field, unwrap_model
+from bidpm.model import EMA, build_velocity_field
 from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, VAL, worker_batches
-from bidpm.train.checkpoint import load_checkpoint, save_checkpoint
+from bidpm.train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from bidpm.train.samples import save_sample_grid
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -65,7 +65,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)
-        _check_resumable(state, cfg, manifest_digest)
+        check_resumable(state, cfg, manifest_digest)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt_state, step, done_epochs = state["optimizer"], state["step"], state["epoch"]
@@ -224,23 +224,6 @@ def _has_dataset(name: str) -> bool:
         return ray.train.get_dataset_shard(name) is not None
     except KeyError:
         return False
-
-
-def _check_resumable(state: dict[str, Any], cfg: Config, manifest_digest: str) -> None:
-    """Refuse to continue a run on other shards or with another network shape (the weights would not fit)."""
-    if state["manifest_digest"] != manifest_digest:
-        raise ValueError(
-            f"train.run_name={cfg.train.run_name!r}: its latest checkpoint was trained on shards with digest "
-            f"{state['manifest_digest']}, the shards now have {manifest_digest}; pick a new train.run_name "
-            "(or restore the shards it was trained on)"
-        )
-    current = cfg.model.model_dump(mode="json")
-    if state["config"]["model"] != current:
-        raise ValueError(
-            f"train.run_name={cfg.train.run_name!r}: its latest checkpoint has model settings "
-            f"{state['config']['model']}, the config now has {current}; "
-            "pick a new train.run_name to train this model from scratch"
-        )
 
 
 def _maybe_inject_fault(cfg: Config, rank: int, next_step: int, resumed_from_step: int) -> None:

@@ -137,7 +137,8 @@ def run_study(cfg: Config, *, print_fn=print) -> StudyResult:
         client, exp_id = tracking.connect(cfg)
         if cfg.tracking.register_best:
             tracking.check_registry(client, cfg)
-    from ..data.shards import load_manifest, prepare_shards
+    from ..data.manifest import load_manifest
+    from ..data.shards import prepare_shards
 
     prepare_shards(cfg)
     manifest = load_manifest(cfg)
