@@ -41,6 +41,19 @@ def job_parser(description: str, epilog: Optional[str] = None, overrides_help: s
     return p
 
 
+def command_parser(doc: str, job: str, overrides_help: str = OVERRIDES_HELP) -> argparse.ArgumentParser:
+    """``job_parser`` from a command module's docstring: first paragraph = description, rest = epilog."""
+    description, _, epilog = doc.partition("\n\n")
+    return job_parser(description, epilog=epilog or None, overrides_help=overrides_help, prog=f"bidpm {job}")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` or ``--model-uri``: the model a job loads (``bidpm.trained.load_trained``)."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="training checkpoint folder (holds state.pt)")
+    which.add_argument("--model-uri", help="registered/logged model, e.g. models:/bidpm@champion")
+
+
 def parse_job_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> tuple[Config, argparse.Namespace]:
     """Parse ``--config`` + overrides into a validated Config; config errors exit 2 with the message."""
     args = parser.parse_args(argv)

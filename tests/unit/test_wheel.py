@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,8 +13,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_console_command_works_from_an_installed_wheel(tmp_path):
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO),
+    wheels, target, src = tmp_path / "wheels", tmp_path / "site", tmp_path / "src"
+    # build from a copy: setuptools leaves build/ next to the sources, and a stale build/lib would leak
+    # deleted modules into later wheels of the checkout
+    shutil.copytree(REPO / "platform", src / "platform", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
                     "-w", str(wheels)], check=True, cwd=tmp_path, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("bidpm-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..cli import job_parser, parse_job_args
+from ..cli import command_parser, parse_job_args
 from ..config import Config
 
 
@@ -36,7 +36,7 @@ def paired_train_rows(manifest: dict, ratio: float, seed: int) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = job_parser(__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 1)[1], prog="bidpm ablate_pairing")
+    parser = command_parser(__doc__, "ablate_pairing")
     parser.add_argument("--ratios", type=float, nargs="+", default=[1.0, 0.5, 0.1, 0.01], metavar="R",
                         help="pairing ratios to train, fractions of paired training rows in (0, 1] "
                              "(default: 1 0.5 0.1 0.01 = the paper's 100/50/10/1%%)")
@@ -50,8 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run_ablation(cfg: Config, ratios: Sequence[float]) -> int:
     """Every ratio trained (resumable by run name) and test-scored; table, plot and MLflow runs."""
     from .. import tracking
-    from ..data.manifest import manifest_digest
-    from ..data.manifest import load_manifest
+    from ..data.manifest import load_manifest, manifest_digest
     from ..data.shards import prepare_shards
     from ..raycluster import connect_ray
 

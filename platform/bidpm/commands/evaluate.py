@@ -23,7 +23,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from ..cli import config_given, job_parser, parse_job_args
+from ..cli import add_model_args, command_parser, config_given, parse_job_args
 from ..config import ConfigError
 
 
@@ -38,10 +38,8 @@ def parse_steps(text: str) -> list[int]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = job_parser(__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 1)[1], prog="bidpm evaluate")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", help="training checkpoint folder (holds state.pt)")
-    which.add_argument("--model-uri", help="registered/logged model, e.g. models:/bidpm@champion")
+    parser = command_parser(__doc__, "evaluate")
+    add_model_args(parser)
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="default test")
     parser.add_argument("--steps", default="1,2,5,10", help="comma-separated N for uniform grids (default 1,2,5,10)")
     parser.add_argument("--json", help="write the results (summaries and per-image values) as JSON here ('-' = stdout)")

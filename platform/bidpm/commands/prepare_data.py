@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..cli import job_parser, parse_job_args
+from ..cli import command_parser, parse_job_args
 
 OVERRIDES_HELP = (
     "key=value overrides applied on top of the YAML, e.g. data.root=/data/BraTS2021 data.skip_bad=true "
@@ -23,8 +23,7 @@ OVERRIDES_HELP = (
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = job_parser(__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 1)[1], overrides_help=OVERRIDES_HELP,
-                        prog="bidpm prepare_data")
+    parser = command_parser(__doc__, "prepare_data", OVERRIDES_HELP)
     cfg, _ = parse_job_args(parser, argv)
     from ..data import load_manifest, prepare_shards
     from ..raycluster import connect_ray

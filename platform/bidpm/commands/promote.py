@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..cli import job_parser, parse_job_args
+from ..cli import command_parser, parse_job_args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = job_parser(__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 1)[1], prog="bidpm promote")
+    parser = command_parser(__doc__, "promote")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--version", help="registered model version to consider")
     which.add_argument("--alias", help="or the version carrying this alias (e.g. challenger)")

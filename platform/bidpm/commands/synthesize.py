@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..cli import config_given, job_parser, parse_job_args
+from ..cli import add_model_args, command_parser, config_given, parse_job_args
 from ..config import ConfigError
 
 
@@ -42,10 +42,8 @@ def parse_grid(steps: Optional[int], grid: Optional[str]) -> Optional[list[float
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = job_parser(__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 1)[1], prog="bidpm synthesize")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", help="training checkpoint folder (holds state.pt)")
-    which.add_argument("--model-uri", help="registered/logged model, e.g. models:/bidpm@champion")
+    parser = command_parser(__doc__, "synthesize")
+    add_model_args(parser)
     parser.add_argument("--input", "-i", action="append", required=True, help="NIfTI file, folder or quoted glob (repeatable)")
     parser.add_argument("--output", "-o", required=True, help="folder for the synthetic volumes")
     parser.add_argument("--direction", choices=("forward", "backward"), default="forward",

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from typing import Optional, Sequence
 
-from ..cli import job_parser, parse_job_args
+from ..cli import command_parser, parse_job_args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = job_parser(__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 1)[1], prog="bidpm train")
+    parser = command_parser(__doc__, "train")
     parser.add_argument("--restart", action="store_true", help="delete the run folder and train from scratch")
     cfg, args = parse_job_args(parser, argv)
     from ..raycluster import connect_ray

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..cli import job_parser, parse_job_args
+from ..cli import command_parser, parse_job_args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = job_parser(__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 1)[1], prog="bidpm tune_steps")
+    parser = command_parser(__doc__, "tune_steps")
     cfg, _ = parse_job_args(parser, argv)
     from .. import tracking
     from ..raycluster import connect_ray
