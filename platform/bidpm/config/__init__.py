@@ -18,13 +18,14 @@ from .data import DataConfig, PhantomConfig, SplitConfig
 from .evaluation import EvaluationConfig
 from .method import MethodConfig, paper_step_weights
 from .model import ModelConfig
+from .study import StudyConfig, StudyMethod
 from .tracking import TrackingConfig
 from .train import TrainConfig
 from .tune import SearchSpaceConfig, TuneConfig
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "EvaluationConfig", "MethodConfig", "ModelConfig", "PhantomConfig", "SearchSpaceConfig",
-    "SplitConfig", "TrackingConfig", "TrainConfig", "TuneConfig", "apply_overrides", "config_from_dict",
+    "SplitConfig", "StudyConfig", "StudyMethod", "TrackingConfig", "TrainConfig", "TuneConfig", "apply_overrides", "config_from_dict",
     "load_config", "paper_step_weights", "set_path",
 ]
 
@@ -42,6 +43,7 @@ class Config(Section):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    study: StudyConfig = Field(default_factory=StudyConfig)
 
     @model_validator(mode="after")
     def _cross(self) -> "Config":
@@ -50,7 +52,12 @@ class Config(Section):
         if "://" not in self.output_dir and not os.path.isabs(self.output_dir):
             object.__setattr__(self, "output_dir", str(Path(self.output_dir).resolve()))
         self.model.check_levels()
-        if self.model.kind == "unet":
+        if (self.model.kind == "cyclegan") != (self.method.name == "cyclegan"):
+            raise ValueError("model.kind=cyclegan and method.name=cyclegan go together (the CycleGAN objective needs "
+                             "its generators and discriminators); set both or neither")
+        if self.method.name == "cyclegan" and list(self.method.time_grid) != [0.0, 1.0]:
+            raise ValueError(f"method.time_grid: CycleGAN is a one-step map; use [0.0, 1.0] (got {self.method.time_grid})")
+        if self.model.kind in ("unet", "cyclegan"):
             f = 2 ** self.model.depth
             h, w = self.data.image_size
             if h % f or w % f:

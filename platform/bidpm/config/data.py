@@ -88,6 +88,10 @@ class DataConfig(Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     pairing_ratio: float = Field(1.0, gt=0.0, le=1.0)
     pairing_seed: int = 0
+    train_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="share of the training SUBJECTS a run reads (data-scaling curves): the "
+        "ceil(f * n) subjects first in a stable hash order of data.pairing_seed, so smaller fractions are nested "
+        "subsets of larger ones; applied at read time, one set of shards serves every fraction")
     pseudonymise: bool = True
     pseudonym_salt: str = Field("bidpm", description="secret in real use: with it, ids can be re-derived; kept out of the manifest")
     skip_bad: bool = False

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .base import Section
 
-MethodName = Literal["bidpm", "rf", "icfm", "otcfm", "vpcfm"]
+MethodName = Literal["bidpm", "rf", "icfm", "otcfm", "vpcfm", "cyclegan"]
 PairedDistance = Literal["lpips", "l2", "l1", "pseudo_huber"]
 MMDKernel = Literal["rbf", "imq", "laplacian"]
 
@@ -46,6 +46,8 @@ class MethodConfig(Section):
     mmd_bandwidth_multipliers: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
     mmd_estimator: Literal["biased", "unbiased"] = "biased"
     cfm_sigma: float = Field(0.0, ge=0.0, description="I-CFM / OT-CFM path noise sigma")
+    cycle_lambda: float = Field(10.0, ge=0.0, description="CycleGAN: weight of the cycle-consistency L1 terms (Zhu et al.: 10)")
+    identity_lambda: float = Field(0.5, ge=0.0, description="CycleGAN: identity L1 weight as a share of cycle_lambda (Zhu et al.: 0.5)")
 
     @property
     def n_steps(self) -> int:

@@ -16,7 +16,7 @@ class ModelConfig(Section):
     ``len(channel_mults) - 1`` times, so image sides must be divisible by ``2 ** depth``.
     """
 
-    kind: Literal["unet", "mlp"] = "unet"
+    kind: Literal["unet", "mlp", "cyclegan"] = Field("unet", description="cyclegan: two UNet generators + two PatchGAN discriminators (method.name=cyclegan)")
     in_channels: int = Field(1, ge=1)
     base_channels: int = Field(32, ge=4)
     channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 2])

@@ -28,7 +28,7 @@ CURRENT = "CURRENT.json"
 PREPARE_HINT = "python jobs/prepare_data.py --config <your config>"
 
 # Data settings that do not change shard content (read-time, scheduling or where the shards live).
-_NOT_CONTENT = {"pairing_ratio", "pairing_seed", "skip_bad", "num_workers", "cpus_per_task", "subjects_per_task", "shards_dir"}
+_NOT_CONTENT = {"pairing_ratio", "pairing_seed", "train_fraction", "skip_bad", "num_workers", "cpus_per_task", "subjects_per_task", "shards_dir"}
 
 
 class DataError(RuntimeError):

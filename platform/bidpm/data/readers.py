@@ -96,12 +96,40 @@ def split_files(cfg, split: str) -> list[str]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     m = load_manifest(cfg)
-    files = [storage.join(m["location"], f["path"]) for f in m["files"] if f["split"] == split]
+    chosen = [f for f in m["files"] if f["split"] == split]
+    if split == "train" and cfg.data.train_fraction < 1.0:
+        chosen = train_subset(chosen, cfg.data.train_fraction, cfg.data.pairing_seed)
+    files = [storage.join(m["location"], f["path"]) for f in chosen]
     if not files:
         field = {"val": "data.split.val_fraction", "test": "data.split.test_fraction"}.get(split, "data.split")
         raise DataError(f"split {split!r} has no subjects in {m['location']}; fix: raise {field} (or list subjects) "
                         f"and rerun jobs/prepare_data.py")
     return files
+
+
+def train_subset(files: list[dict], fraction: float, seed: int) -> list[dict]:
+    """``data.train_fraction``: the ceil(fraction * n) subject files first in ``pair_u(subject, -1, seed)``
+    order, in manifest order. Nested: a smaller fraction keeps a prefix of the same ranking."""
+    import math
+
+    from .pairing import pair_u
+
+    ranked = sorted(files, key=lambda f: pair_u(f["subject"], -1, seed))
+    keep = {f["path"] for f in ranked[: max(1, math.ceil(fraction * len(files)))]}
+    return [f for f in files if f["path"] in keep]
+
+
+def paired_train_rows(manifest: dict, ratio: float, seed: int, fraction: float = 1.0) -> int:
+    """Training rows that count as paired at ``ratio`` (read_split's rule: pair_u < ratio) within the
+    ``fraction`` subset of training subjects, from the manifest's slice indices, without reading a shard."""
+    files = [f for f in manifest["files"] if f["split"] == "train"]
+    if fraction < 1.0:
+        files = train_subset(files, fraction, seed)
+    n = 0
+    for f in files:
+        slices = manifest["volumes"][f["subject"]]["slices"]
+        n += int(paired_flags([f["subject"]] * len(slices), slices, seed, ratio).sum())
+    return n
 
 
 def iter_split(cfg, split: str, batch_size: int, max_rows: Optional[int] = None) -> Iterator[SplitBatch]:
@@ -121,7 +149,7 @@ def iter_split(cfg, split: str, batch_size: int, max_rows: Optional[int] = None)
                 t = decode_images(pa.Table.from_batches([rb]))
                 if max_rows is not None and seen + t.num_rows > max_rows:
                     t = t.slice(0, max_rows - seen)
-                imgs = [t.column(k).combine_chunks().to_numpy_ndarray().astype(np.float32, copy=False)[:, None]
+                imgs = [t.column(k).combine_chunks().to_numpy_ndarray().astype(np.float32)[:, None]  # writable copy
                         for k in IMAGE_COLUMNS]
                 seen += t.num_rows
                 yield SplitBatch(*imgs, subject=t.column("subject").to_pylist(), slice=t.column("slice").to_numpy())

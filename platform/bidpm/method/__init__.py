@@ -22,7 +22,7 @@ __all__ = [
 
 
 def build_method(cfg: MethodConfig) -> Method:
-    """The objective named by ``cfg.name`` (bidpm, rf, icfm, otcfm, vpcfm), on ``cfg.time_grid``.
+    """The objective named by ``cfg.name`` (bidpm, rf, icfm, otcfm, vpcfm, cyclegan), on ``cfg.time_grid``.
 
     Only Bi-DPM builds a paired distance (so only Bi-DPM can fail on missing LPIPS weights).
     """
@@ -36,4 +36,8 @@ def build_method(cfg: MethodConfig) -> Method:
         return OTCFM(cfg.time_grid, sigma=cfg.cfm_sigma)
     if cfg.name == "vpcfm":
         return VPCFM(cfg.time_grid)
-    raise ValueError(f"method.name: unknown method {cfg.name!r}; choose bidpm, rf, icfm, otcfm or vpcfm")
+    if cfg.name == "cyclegan":
+        from .cyclegan import CycleGAN
+
+        return CycleGAN(cfg.time_grid, cfg.cycle_lambda, cfg.identity_lambda)
+    raise ValueError(f"method.name: unknown method {cfg.name!r}; choose bidpm, rf, icfm, otcfm, vpcfm or cyclegan")

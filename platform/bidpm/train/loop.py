@@ -140,6 +140,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "train/step_time_s": (seconds - (waits[0] if waits else 0.0)) / max(steps_this_epoch, 1),
             # equal shards: every worker streams as many rows, so world x local rate = global rate
             "train/images_per_s": world * images / max(seconds, 1e-9),
+            "train/peak_mem_mb": peak_memory_mb(device),
+            "train/params": sum(p.numel() for p in model.parameters()),
             **{f"train/{k}": v / max(n_micro, 1) for k, v in sums.items()},
         }
         if rank != 0:
@@ -169,6 +171,16 @@ def validate(ema_model: nn.Module, cfg: Config, rows: Iterable[Any], device: tor
     grid = GridSpec("training grid", tuple(cfg.method.time_grid), True)
     return evaluate(FieldSampler(ema_model), rows, [grid], split="val", scale=cfg.evaluation.scale, device=device,
                     precision=tc.precision, max_batches=tc.val_batches, keep_examples=tc.sample_grid_rows)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this worker so far: CUDA's max allocated on GPU, else the process's peak RSS
+    (``ru_maxrss``, which includes torch's own libraries: compare runs, not absolute sizes)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _flag_last(items: Iterable[Batch]) -> Iterator[tuple[Batch, bool]]:

@@ -66,9 +66,13 @@ class MLflowTrialCallback(Callback):
             self._client, _ = tracking.connect(self.cfg)
         return self._client
 
+    def trial_cfg(self, trial: Any):
+        """The Config a trial trains (a study of cells overrides this)."""
+        return trial_config(self.cfg, overrides_of(trial.config))
+
     def _run_id(self, trial: Any) -> str:
         if trial.trial_id not in self.runs:
-            cfg = trial_config(self.cfg, overrides_of(trial.config))      # exactly what the trial trains
+            cfg = self.trial_cfg(trial)                                     # exactly what the trial trains
             run_id = tracking.trial_run(self.client, self.experiment_id, self.parent_run_id, cfg.tune.experiment_name,
                                         trial.trial_id, str(trial), cfg, self.tags)
             tracking.log_dataset(self.client, run_id, cfg, self.manifest)

@@ -1,0 +1,211 @@
+"""A study's tables, figures and tests, from its scored cells (``tune.study``): paper Tables 1-2,
+Figures 5 and 7, cost, and whether Bi-DPM's lead over the best baseline is statistically supported.
+
+Choices, stated in every report:
+- A method's row uses one step count: Bi-DPM its training grid, CycleGAN its one step, and each
+  baseline the NFE of ``study.baseline_nfe`` with the best mean test ``study.metric`` at that ratio
+  (named in the cell). Picking the baselines' NFE on the test split favours the baselines.
+- "a ± b [c]": a = mean over seeds of the cells' mean over test images, b = std over seeds (ddof 0),
+  c = per-image spread (mean over seeds of the std over test images).
+- Significance: per test image, the metric averaged over seeds, Bi-DPM minus the best baseline; a paired
+  bootstrap (``study.bootstrap_samples`` resamples of images, seed 0) 95% interval of the mean difference,
+  and the Wilcoxon signed-rank p-value. "supported" when the interval excludes 0 in Bi-DPM's favour
+  (for MAE lower is better).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from typing import Any, Optional
+
+import numpy as np
+
+from .evaluation import METRICS, SHORT, scale_note
+
+DIRS = tuple(SHORT.values())
+LOWER_BETTER = {"mae"}
+
+
+def _grid_of(cell: dict, label: Optional[str] = None) -> dict:
+    gs = cell["grids"]
+    return next((g for g in gs if g["label"] == label), None) if label else next((g for g in gs if g["training_grid"]), gs[0])
+
+
+def _by(cells: list[dict], label: str, ratio: float, fraction: float = 1.0) -> list[dict]:
+    return [c for c in cells if c["cell"]["label"] == label and c["cell"]["ratio"] == ratio
+            and c["cell"]["fraction"] == fraction]
+
+
+def representative(cells: list[dict], label: str, ratio: float, metric: str, fraction: float = 1.0) -> Optional[str]:
+    """Which grid stands for the method at this ratio (module docstring); None when it has no cells."""
+    group = _by(cells, label, ratio, fraction)
+    if not group:
+        return None
+    if group[0]["cell"]["method"] in ("bidpm", "cyclegan"):
+        return _grid_of(group[0])["label"]
+    sign = -1.0 if metric in LOWER_BETTER else 1.0
+    means = {g["label"]: np.mean([_grid_of(c, g["label"])["summary"][f"test/{metric}_mean"] for c in group])
+             for g in group[0]["grids"]}
+    return max(means, key=lambda k: sign * means[k])
+
+
+def aggregate(cells: list[dict], label: str, ratio: float, grid: str, fraction: float = 1.0) -> dict[str, float]:
+    """mean / std over seeds and per-image spread of every (direction, metric), plus the seed count."""
+    group = [c for c in _by(cells, label, ratio, fraction) if _grid_of(c, grid) is not None]
+    out: dict[str, float] = {"seeds": float(len(group))}
+    for d in DIRS:
+        for m in METRICS:
+            per = [_grid_of(c, grid)["summary"] for c in group]
+            means = np.array([p[f"test/{d}_{m}_mean"] for p in per])
+            out[f"{d}_{m}"] = float(means.mean()) if len(means) else float("nan")
+            out[f"{d}_{m}_seed_std"] = float(means.std()) if len(means) else float("nan")
+            out[f"{d}_{m}_spread"] = float(np.mean([p[f"test/{d}_{m}_std"] for p in per])) if per else float("nan")
+    return out
+
+
+def _fmt(a: dict, key: str) -> str:
+    p = 2 if "psnr" in key else 4
+    return f"{a[key]:.{p}f} ± {a[key + '_seed_std']:.{p}f} [{a[key + '_spread']:.{p}f}]"
+
+
+def table(cells: list[dict], cfg: Any, ratio: float, bracket: Optional[float] = None) -> tuple[str, list[dict]]:
+    """Markdown table: methods x (direction, metric) at ``ratio``; ``bracket``: the same cells at that
+    ratio in brackets (Table 2 shows the 100%-paired values so). Returns (markdown, csv rows)."""
+    st = cfg.study
+    head = ["method", "NFE"] + [f"{d} {m.upper()}" for d in DIRS for m in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
+    for meth in st.methods:
+        grid = representative(cells, meth.label, ratio, st.metric)
+        if grid is None:
+            continue
+        a = aggregate(cells, meth.label, ratio, grid)
+        b = None
+        if bracket is not None and (g2 := representative(cells, meth.label, bracket, st.metric)) is not None:
+            b = aggregate(cells, meth.label, bracket, g2)
+        cellv = [_fmt(a, f"{d}_{m}") + (f" ({b[f'{d}_{m}']:.{2 if m == 'psnr' else 4}f})" if b else "")
+                 for d in DIRS for m in METRICS]
+        nfe = next(g["steps"] for g in _by(cells, meth.label, ratio)[0]["grids"] if g["label"] == grid)
+        lines.append("| " + " | ".join([meth.label, str(nfe), *cellv]) + " |")
+        rows.append({"method": meth.label, "ratio": ratio, "grid": grid, "nfe": nfe, **a})
+    return "\n".join(lines), rows
+
+
+def significance(cells: list[dict], cfg: Any, ratio: float) -> list[dict]:
+    """For each Bi-DPM row and direction: the difference to the best baseline at ``ratio`` (docstring)."""
+    from scipy.stats import wilcoxon
+
+    st, m = cfg.study, cfg.study.metric
+    sign = -1.0 if m in LOWER_BETTER else 1.0
+    reps = {x.label: representative(cells, x.label, ratio, m) for x in st.methods}
+    means = {lab: aggregate(cells, lab, ratio, g) for lab, g in reps.items() if g is not None}
+    bidpm = [x.label for x in st.methods if x.name == "bidpm" and x.label in means]
+    base = [x.label for x in st.methods if x.name != "bidpm" and x.label in means]
+    out = []
+    for d in DIRS:
+        if not base:
+            break
+        best = max(base, key=lambda lab: sign * means[lab][f"{d}_{m}"])
+        for lab in bidpm:
+            a, b = _per_image(cells, lab, ratio, reps[lab], d, m), _per_image(cells, best, ratio, reps[best], d, m)
+            keys = sorted(set(a) & set(b))
+            diff = np.array([a[k] - b[k] for k in keys])
+            diff = diff[~np.isnan(diff)]
+            rng = np.random.default_rng(0)
+            boot = diff[rng.integers(0, len(diff), (st.bootstrap_samples, len(diff)))].mean(axis=1) if len(diff) else np.array([np.nan])
+            lo, hi = np.percentile(boot, [2.5, 97.5])
+            p = float(wilcoxon(diff).pvalue) if len(diff) > 1 and np.any(diff != 0) else float("nan")
+            ok = (lo > 0) if sign > 0 else (hi < 0)
+            out.append({"ratio": ratio, "direction": d, "bidpm": lab, "baseline": best, "metric": m, "images": len(diff),
+                        "mean_diff": float(diff.mean()) if len(diff) else float("nan"), "ci_low": float(lo),
+                        "ci_high": float(hi), "wilcoxon_p": p, "supported": bool(ok)})
+    return out
+
+
+def _per_image(cells: list[dict], label: str, ratio: float, grid: str, d: str, m: str) -> dict[tuple, float]:
+    """(subject, slice) -> the metric averaged over the seeds' cells."""
+    acc: dict[tuple, list[float]] = defaultdict(list)
+    for c in _by(cells, label, ratio):
+        for key, v in zip(c["ids"], _grid_of(c, grid)["values"][d][m]):
+            acc[tuple(key)].append(v)
+    return {k: float(np.nanmean(v)) for k, v in acc.items()}
+
+
+def figure5(cells: list[dict], cfg: Any) -> tuple[bytes, list[dict]]:
+    """Metric vs paired % per method, both directions, error bars = std over seeds."""
+    st, m = cfg.study, cfg.study.metric
+    rows = []
+    for meth in st.methods:
+        for r in st.pairing_ratios:
+            g = representative(cells, meth.label, r, m)
+            if g is not None:
+                a = aggregate(cells, meth.label, r, g)
+                rows.append({"method": meth.label, "paired_pct": 100 * r, "grid": g, **{k: a[k] for k in a if k.startswith(tuple(DIRS))}})
+    return _plot(rows, "paired_pct", m, "paired rows (%)", log=True, title="Figure 5: quality vs pairing ratio", cfg=cfg), rows
+
+
+def figure7(cells: list[dict], cfg: Any, ratio: float) -> tuple[bytes, list[dict]]:
+    """Metric vs NFE per method at ``ratio`` (every scored grid), error bars = std over seeds."""
+    rows = []
+    for meth in cfg.study.methods:
+        group = _by(cells, meth.label, ratio)
+        for g in (group[0]["grids"] if group else []):
+            a = aggregate(cells, meth.label, ratio, g["label"])
+            rows.append({"method": meth.label + ("" if g["training_grid"] or meth.name != "bidpm" else " (other N)"),
+                         "nfe": g["steps"], "grid": g["label"], **{k: a[k] for k in a if k.startswith(tuple(DIRS))}})
+    return _plot(rows, "nfe", cfg.study.metric, "NFE (Euler steps)", log=True,
+                 title=f"Figure 7: quality vs NFE at {100 * ratio:g}% paired", cfg=cfg), rows
+
+
+def _plot(rows: list[dict], x: str, m: str, xlabel: str, log: bool, title: str, cfg: Any) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, d, name in zip(axes, DIRS, ("forward (source -> target)", "backward (target -> source)")):
+        for meth in dict.fromkeys(r["method"] for r in rows):
+            pts = sorted((r[x], r[f"{d}_{m}"], r[f"{d}_{m}_seed_std"]) for r in rows if r["method"] == meth)
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                        label=meth, linestyle="--" if "(other N)" in meth else "-")
+        ax.set(xlabel=xlabel, title=name, xscale="log" if log else "linear")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"test {m.upper()} (mean ± std over seeds)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{title}\n{scale_note(cfg.evaluation.scale)}", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def to_csv(rows: list[dict]) -> bytes:
+    if not rows:
+        return b""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def cost_table(cells: list[dict], cfg: Any) -> tuple[str, list[dict]]:
+    """Training wall time, images/s, peak memory and parameters per method (mean over its cells)."""
+    lines = ["| method | cells | train wall s | images/s | peak MB (worker) | parameters |", "|---|---|---|---|---|---|"]
+    rows = []
+    for meth in cfg.study.methods:
+        group = [c for c in cells if c["cell"]["label"] == meth.label]
+        if not group:
+            continue
+        mean = lambda k: float(np.mean([c["cost"].get(k) or np.nan for c in group]))  # noqa: E731
+        params = group[0].get("params_generators", group[0]["params"])
+        rows.append({"method": meth.label, "cells": len(group), "train_wall_s": mean("train_wall_s"),
+                     "images_per_s": mean("images_per_s"), "peak_mem_mb": mean("peak_mem_mb"), "params": params})
+        r = rows[-1]
+        lines.append(f"| {meth.label} | {r['cells']} | {r['train_wall_s']:.0f} | {r['images_per_s']:.1f} | "
+                     f"{r['peak_mem_mb']:.0f} | {params:,}{' (generators)' if 'params_generators' in group[0] else ''} |")
+    return "\n".join(lines), rows

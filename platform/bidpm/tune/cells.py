@@ -1,0 +1,141 @@
+"""A study's cells: the grid methods x pairing ratios x seeds x training fractions, each cell's config,
+its grids for scoring, and the checks made before any training. Pure (no Ray).
+
+Cell ids are readable and stable (``<label>__p<paired %>__s<seed>__f<fraction %>``, label made safe for
+paths), so a study folder and its MLflow runs say what each cell is, and a rerun finds the same cells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..config import Config, ConfigError
+from ..evaluation import GridSpec, grids_for
+from ..method.solver import uniform_grid
+from .space import apply_to
+
+__all__ = ["Cell", "cell_config", "cell_grids", "check_cells", "expand_cells", "spec_digest"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str
+    label: str          # the method row (study.methods[].label)
+    method: str         # bidpm, rf, icfm, otcfm, vpcfm, cyclegan
+    ratio: float
+    seed: int
+    fraction: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _safe(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-") or "m"
+
+
+def expand_cells(cfg: Config) -> list[Cell]:
+    """Every cell of ``cfg.study`` in table order (method, ratio, fraction, seed)."""
+    st = cfg.study
+    if not st.methods:
+        raise ConfigError("study.methods: empty; list at least one method, e.g. [{label: 'Bi-DPM N=1', name: bidpm}, "
+                          "{label: RF, name: rf}] (see configs/study_phantom_cpu.yaml)")
+    cells = []
+    for m in st.methods:
+        for r in st.pairing_ratios:
+            for f in st.train_fractions:
+                for s in st.seeds:
+                    cid = f"{_safe(m.label)}__p{100 * r:g}__s{s}__f{100 * f:g}"
+                    cells.append(Cell(cid, m.label, m.name, r, s, f))
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("study.methods: two labels become the same cell id once made safe for paths; rename one")
+    return cells
+
+
+def cell_config(cfg: Config, cell: Cell) -> Config:
+    """The config one cell trains: the study config + the method row + ratio, seed, fraction.
+
+    Checkpoints are ranked by the validation objective (``tune.metric``), never by the test split.
+    CycleGAN gets ``model.kind: cyclegan`` and the one-step grid [0, 1].
+    """
+    m = next(x for x in cfg.study.methods if x.label == cell.label)
+    over: dict[str, Any] = {
+        "method.name": m.name, "data.pairing_ratio": cell.ratio, "train.seed": cell.seed,
+        "data.train_fraction": cell.fraction, "tune.experiment_name": cfg.study.name,
+        "train.checkpoint_score": cfg.tune.metric, "train.checkpoint_score_mode": cfg.tune.mode,
+    }
+    if m.name == "cyclegan":
+        over.update({"model.kind": "cyclegan", "method.time_grid": [0.0, 1.0], "method.step_weights": None})
+    elif m.time_grid is not None:
+        over.update({"method.time_grid": m.time_grid, "method.step_weights": m.step_weights})
+    elif m.step_weights is not None:
+        over["method.step_weights"] = m.step_weights
+    if cell.ratio >= 1.0:
+        over["method.lambda_unpaired"] = 0.0          # no unpaired rows: Eq. 9's second term is empty
+    over.update(m.overrides)
+    return apply_to(cfg, over)
+
+
+def cell_grids(cfg: Config, cell: Cell) -> list[GridSpec]:
+    """What a cell is scored at: Bi-DPM at its training grid (+ ``study.bidpm_extra_nfe``, marked),
+    baselines at every ``study.baseline_nfe`` (paper Fig. 7), CycleGAN at its one step."""
+    ccfg = cell_config(cfg, cell)
+    train = tuple(ccfg.method.time_grid)
+    if cell.method == "cyclegan":
+        return [GridSpec("one step (generator)", (0.0, 1.0), True)]
+    if cell.method == "bidpm":
+        specs = [GridSpec(f"training grid N={len(train) - 1}", train, True)]
+        for n in cfg.study.bidpm_extra_nfe:
+            g = tuple(uniform_grid(n))
+            if g != train:
+                specs.append(GridSpec(f"uniform N={n} (not the training grid)", g, False))
+        return specs
+    specs = grids_for(cfg.study.baseline_nfe, train)
+    if not any(s.training_grid for s in specs[:len(cfg.study.baseline_nfe)]):
+        specs = specs[:-1]                               # baselines train on continuous t: no grid of their own
+    return [GridSpec(s.label.replace(" (training grid)", ""), s.grid, False) for s in specs]
+
+
+def check_cells(cfg: Config, cells: list[Cell], manifest: dict) -> None:
+    """Before any training: every cell's config validates, every ratio pairs some training row, every
+    method can be built (LPIPS weights present where the paired distance needs them)."""
+    from ..method import build_method
+    from ..model import build_velocity_field
+    from ..data.readers import paired_train_rows
+
+    for ratio in cfg.study.pairing_ratios:
+        for frac in cfg.study.train_fractions:
+            if paired_train_rows(manifest, ratio, cfg.data.pairing_seed, frac) == 0:
+                raise ConfigError(f"study.pairing_ratios: no training row is paired at {100 * ratio:g}% "
+                                  f"(train fraction {frac:g}, data.pairing_seed={cfg.data.pairing_seed}) on these shards; "
+                                  f"drop that ratio, use more data, or change data.pairing_seed. Nothing was trained.")
+    seen = set()
+    for cell in cells:
+        if cell.label in seen:
+            continue
+        seen.add(cell.label)
+        try:
+            ccfg = cell_config(cfg, cell)
+            build_method(ccfg.method)
+            build_velocity_field(ccfg.model, tuple(ccfg.data.image_size))
+        except ConfigError as exc:
+            raise ConfigError(f"study.methods[{cell.label}]: {exc}") from None
+        except (FileNotFoundError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"study.methods[{cell.label}]: cannot be built ({exc}). Nothing was trained.") from None
+
+
+def spec_digest(cfg: Config) -> tuple[str, dict[str, Any]]:
+    """What a study folder was made for: everything but the study's scheduling knobs and the tracking
+    store. A rerun with another spec is refused (``tune.study``), so cells of two designs never mix."""
+    raw = cfg.to_dict()
+    for k in ("tracking", "tune"):
+        raw.pop(k, None)
+    raw["study"] = {k: v for k, v in raw["study"].items() if k not in ("max_concurrent_trials", "bootstrap_samples")}
+    raw["train"] = {k: v for k, v in raw["train"].items() if k not in ("max_failures", "controller_failure_limit")}
+    text = json.dumps(raw, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16], raw
