@@ -172,6 +172,9 @@ def _plot(rows: list[dict], x: str, m: str, xlabel: str, log: bool, title: str, 
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
                         label=meth, linestyle="--" if "(other N)" in meth else "-")
         ax.set(xlabel=xlabel, title=name, xscale="log" if log else "linear")
+        ax.set_xticks(sorted({r[x] for r in rows}))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"test {m.upper()} (mean ± std over seeds)")
     axes[0].legend(fontsize=7)

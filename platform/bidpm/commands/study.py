@@ -93,8 +93,6 @@ def write_report(cfg: Any, result: dict[str, Any]) -> dict[str, str]:
     paths = {}
     for name, data in files.items():
         loc = storage.join(out, name)
-        if not storage.is_uri(loc):
-            storage.make_dirs(out)
         storage.write_bytes_atomic(loc, data)
         paths[name] = loc
     print(f"\n{note}\n\nTable 1 ({100 * full:g}% paired)\n{t1}")

@@ -64,6 +64,7 @@ class StudyConfig(Section):
     metric: Literal["ssim", "psnr", "mae"] = Field("ssim", description="the metric of Figures 5/7 and the significance test")
     bootstrap_samples: int = Field(2000, ge=100, description="paired bootstrap resamples of test images")
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
+    retry_failed: bool = Field(True, description="retry cells that failed (no scores) once per run, under the concurrency limit")
     fid: bool = Field(False, description="FID per cell too (needs the Inception weights in TORCH_HOME)")
 
     @field_validator("pairing_ratios")

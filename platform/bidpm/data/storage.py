@@ -59,8 +59,11 @@ def read_bytes(location: str) -> bytes:
 
 
 def write_bytes_atomic(location: str, data: bytes) -> None:
-    """Write to a temp name beside the target, then move it into place (one object appears, whole)."""
+    """Write to a temp name beside the target, then move it into place (one object appears, whole).
+    A missing local parent folder is created (object stores have no folders to create)."""
     fs, path = resolve(location)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(path.rsplit("/", 1)[0] or "/", recursive=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with fs.open_output_stream(tmp) as f:
         f.write(data)

@@ -91,7 +91,7 @@ def _cell_trial(config: dict[str, Any], base_cfg: dict[str, Any]) -> None:
     cfg = config_from_dict(base_cfg, origin="study config")
     cell = _cells_by_id(cfg)[config["cell"]]
     ccfg = cell_config(cfg, cell)
-    loc = storage.join(study_dir(cfg), CELLS_DIR, f"{cell.id}.json")
+    loc = _cell_file(cfg, cell.id)
     if storage.is_file(loc):                                   # scored before a restart: never retrained
         tune.report(_final_metrics(json.loads(storage.read_bytes(loc))))
         return
@@ -103,7 +103,11 @@ def _cell_trial(config: dict[str, Any], base_cfg: dict[str, Any]) -> None:
     from .checkpoints import checkpoint_location
 
     tc = ccfg.train
-    res = {"num_cpus": tc.cpus_per_worker, **({"num_gpus": tc.gpus_per_worker} if tc.use_gpu else {})}
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    # the scoring task asks for one Train worker's resources OUTSIDE the trial's own small reservation
+    res = {"num_cpus": tc.cpus_per_worker, **({"num_gpus": tc.gpus_per_worker} if tc.use_gpu else {}),
+           "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None)}
     scores = ray.get(ray.remote(score_cell).options(**res).remote(
         checkpoint_location(ck.path, ccfg.storage_path), ccfg.to_dict(), cell.as_dict(), cfg.study.fid))
     m = result.metrics or {}
@@ -136,8 +140,9 @@ class CellProgress(Callback):
     def __init__(self, total: int) -> None:
         self.total = total
 
-    def _count(self, trials: list) -> str:
-        st = [t.status for t in trials]
+    def _count(self, trials: list, ending: Any = None, as_status: str = "TERMINATED") -> str:
+        """Tune calls on_trial_complete/error before the trial's status changes: count it as ended."""
+        st = [as_status if t is ending else t.status for t in trials]
         done, err, run = st.count("TERMINATED"), st.count("ERROR"), st.count("RUNNING")
         return (f"cells: {done} done, {run} running, {self.total - done - err - run} pending (of {self.total})"
                 + (f", {err} failed" if err else ""))
@@ -149,10 +154,11 @@ class CellProgress(Callback):
         r = getattr(getattr(trial, "run_metadata", None), "last_result", None) or {}
         got = ", ".join(f"{k.split('/', 1)[1]} {r[k]:.4f}" for k in ("test/fwd_ssim_mean", "test/bwd_ssim_mean") if k in r)
         print(f"finished {trial.config['cell']}: test {got or '?'} in {r.get('cost/train_wall_s', float('nan')):.0f} s   "
-              f"{self._count(trials)}", flush=True)
+              f"{self._count(trials, trial)}", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"FAILED   {trial.config['cell']} (see {trial.local_path}/error.txt)   {self._count(trials)}", flush=True)
+        print(f"FAILED   {trial.config['cell']} (see {trial.local_path}/error.txt)   {self._count(trials, trial, 'ERROR')}",
+              flush=True)
 
 
 def concurrency(cfg: Config) -> int:
@@ -213,23 +219,37 @@ def run_grid(cfg: Config) -> dict[str, Any]:
           f"fractions), up to {concurrency(cfg)} at once; folder {where}", flush=True)
     try:
         if Tuner.can_restore(where):
-            print(f"restoring {where}: finished cells kept, unfinished ones resumed", flush=True)
-            tuner = Tuner.restore(where, trainable, resume_unfinished=True, resume_errored=True)
+            # Errored cells are not resumed here: Tune re-queues them all at once, past max_concurrent_trials,
+            # and their Train runs then starve each other; they are retried below under the limit.
+            print(f"restoring {where}: finished cells kept, interrupted ones resumed", flush=True)
+            Tuner.restore(where, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False).fit()
         else:
-            tuner = Tuner(trainable, param_space={"cell": tune.grid_search([c.id for c in cells])},
-                          tune_config=TuneConfig(num_samples=1, max_concurrent_trials=concurrency(cfg),
-                                                 trial_name_creator=_name, trial_dirname_creator=_name),
-                          run_config=RunConfig(name=cfg.study.name, storage_path=cfg.storage_path,
-                                               callbacks=callbacks, verbose=1 if cfg.tune.verbose else 0))
-        tuner.fit()
-        done = [json.loads(storage.read_bytes(storage.join(where, CELLS_DIR, f"{c.id}.json")))
-                for c in cells if storage.is_file(storage.join(where, CELLS_DIR, f"{c.id}.json"))]
+            _tuner(cfg, trainable, [c.id for c in cells], cfg.study.name, callbacks).fit()
+        missing = [c.id for c in cells if not storage.is_file(_cell_file(cfg, c.id))]
+        if missing and Tuner.can_restore(where) and cfg.study.retry_failed:
+            name = f"{cfg.study.name}-retry-{time.strftime('%Y%m%d-%H%M%S')}"
+            print(f"retrying {len(missing)} cell(s) without scores as {name}: {', '.join(missing)}", flush=True)
+            _tuner(cfg, trainable, missing, name, callbacks).fit()
+        done = [json.loads(storage.read_bytes(_cell_file(cfg, c.id))) for c in cells if storage.is_file(_cell_file(cfg, c.id))]
     except BaseException as exc:
         if parent is not None:
             client.set_terminated(parent, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
-    return {"cells": done, "dir": where, "parent_run_id": parent, "client": client, "missing":
-            [c.id for c in cells if c.id not in {d["cell"]["id"] for d in done}]}
+    return {"cells": done, "dir": where, "parent_run_id": parent, "client": client,
+            "missing": [c.id for c in cells if c.id not in {d["cell"]["id"] for d in done}]}
+
+
+def _cell_file(cfg: Config, cell_id: str) -> str:
+    return storage.join(study_dir(cfg), CELLS_DIR, f"{cell_id}.json")
+
+
+def _tuner(cfg: Config, trainable: Any, ids: list[str], name: str, callbacks: list[Any]) -> Tuner:
+    """A Tune experiment over the cells ``ids`` (one trial each), at most ``concurrency(cfg)`` at once."""
+    return Tuner(trainable, param_space={"cell": tune.grid_search(ids)},
+                 tune_config=TuneConfig(num_samples=1, max_concurrent_trials=concurrency(cfg),
+                                        trial_name_creator=_name, trial_dirname_creator=_name),
+                 run_config=RunConfig(name=name, storage_path=cfg.storage_path, callbacks=callbacks,
+                                      verbose=1 if cfg.tune.verbose else 0))
 
 
 def _name(trial: Any) -> str:
