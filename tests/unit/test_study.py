@@ -1,0 +1,177 @@
+"""Studies without Ray: the grid, each cell's config and grids, the checks before training, the
+refusal to mix designs, and the report's numbers against numpy / scipy recomputations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bidpm import study_report as R
+from bidpm.config import ConfigError, load_config
+from bidpm.tune.cells import cell_config, cell_grids, check_cells, expand_cells
+
+BASE = ["method.paired_distance=l2", "model.base_channels=8", "model.groups=4", "model.channel_mults=[1,2]",
+        "data.image_size=[16,16]", "study.seeds=[0,1]", "study.pairing_ratios=[1.0,0.1]", "study.baseline_nfe=[1,2,5]",
+        "study.bidpm_extra_nfe=[2]",
+        "study.methods=[{label: Bi-DPM N=1, name: bidpm, time_grid: [0.0, 1.0]}, {label: RF, name: rf}, "
+        "{label: CycleGAN, name: cyclegan}, {label: Bi-DPM N=2, name: bidpm, time_grid: [0, 0.5, 1], "
+        "overrides: {method.lambda_unpaired: 0.3}}]"]
+
+
+def cfg(*extra):
+    return load_config(None, [*BASE, *extra])
+
+
+def test_grid_cells_configs_and_grids():
+    c = cfg()
+    cells = expand_cells(c)
+    assert len(cells) == c.study.cells == 4 * 2 * 2
+    assert len({x.id for x in cells}) == 16 and cells[0].id == "Bi-DPM-N-1__p100__s0__f100"
+    by = {(x.label, x.ratio, x.seed): x for x in cells}
+    n2 = cell_config(c, by[("Bi-DPM N=2", 0.1, 1)])
+    assert n2.method.time_grid == [0.0, 0.5, 1.0] and n2.method.step_weights == [1.0, 0.5, 1.0]   # paper weights
+    assert n2.method.lambda_unpaired == 0.3 and n2.data.pairing_ratio == 0.1 and n2.train.seed == 1
+    assert n2.train.checkpoint_score == c.tune.metric                    # ranked on validation, never on test
+    assert cell_config(c, by[("Bi-DPM N=2", 1.0, 0)]).method.lambda_unpaired == 0.3   # the row's own override wins
+    assert cell_config(c, by[("Bi-DPM N=1", 1.0, 0)]).method.lambda_unpaired == 0.0   # no unpaired rows at 100%
+    gan = cell_config(c, by[("CycleGAN", 1.0, 0)])
+    assert gan.model.kind == "cyclegan" and gan.method.time_grid == [0.0, 1.0]
+    assert [g.steps for g in cell_grids(c, by[("RF", 1.0, 0)])] == [1, 2, 5]
+    assert not any(g.training_grid for g in cell_grids(c, by[("RF", 1.0, 0)]))
+    bd = cell_grids(c, by[("Bi-DPM N=1", 1.0, 0)])
+    assert [(g.steps, g.training_grid) for g in bd] == [(1, True), (2, False)] and "not the training grid" in bd[1].label
+    assert [g.steps for g in cell_grids(c, by[("Bi-DPM N=2", 1.0, 0)])] == [2]    # N=2 already is the extra N
+    assert [g.steps for g in cell_grids(c, by[("CycleGAN", 1.0, 0)])] == [1]
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["study.methods=[]"], "study.methods: empty"),
+    (["study.pairing_ratios=[]"], "pairing_ratios"),
+    (["study.pairing_ratios=[1.0, 1.0]"], "distinct"),
+    (["study.seeds=[0, 0]"], "distinct seeds"),
+    (["study.table2_ratio=0.5"], "table2_ratio"),
+    (["study.methods=[{label: a, name: rf}, {label: a, name: icfm}]"], "unique"),
+    (["study.methods=[{label: g, name: cyclegan, time_grid: [0, 0.5, 1]}]"], "one-step"),
+    (["study.methods=[{label: r, name: rf, overrides: {epochs: 3}}]"], "not a model./method./train./data. key"),
+    (["study.methods=[{label: r, name: nope}]"], "name"),
+])
+def test_bad_grids_are_clear_errors(extra, match):
+    with pytest.raises(ConfigError, match=match):
+        expand_cells(cfg(*extra))
+
+
+def _manifest(n_subjects=3, slices=4):
+    files = [{"path": f"train/s{i}.parquet", "split": "train", "subject": f"s{i}", "rows": slices} for i in range(n_subjects)]
+    return {"files": files, "volumes": {f"s{i}": {"slices": list(range(slices))} for i in range(n_subjects)}}
+
+
+def test_a_ratio_without_paired_rows_and_missing_lpips_weights_stop_before_training(tmp_path):
+    from bidpm.data.readers import paired_train_rows
+
+    c = cfg("study.pairing_ratios=[1.0, 0.0001]")
+    assert paired_train_rows(_manifest(), 0.0001, 0) == 0
+    with pytest.raises(ConfigError, match=r"no training row is paired at 0.01%.*Nothing was trained"):
+        check_cells(c, expand_cells(c), _manifest())
+    c = cfg("method.paired_distance=lpips", f"method.lpips_backbone_weights={tmp_path}/vgg.pth", "study.pairing_ratios=[1.0]")
+    with pytest.raises(ConfigError, match=r"study.methods\[Bi-DPM N=1\].*vgg.pth"):
+        check_cells(c, expand_cells(c), _manifest())
+
+
+def test_train_fraction_is_a_nested_subject_subset():
+    from bidpm.data.readers import train_subset
+
+    files = _manifest(10)["files"]
+    half, fifth = train_subset(files, 0.5, 0), train_subset(files, 0.2, 0)
+    assert len(half) == 5 and len(fifth) == 2 and {f["path"] for f in fifth} <= {f["path"] for f in half}
+    assert [f["path"] for f in half] == sorted(f["path"] for f in half)         # manifest order kept
+
+
+def test_a_study_folder_of_another_design_is_refused(tmp_path):
+    from bidpm.tune.study import SPEC_FILE, check_spec, study_dir
+
+    c = cfg(f"output_dir={tmp_path}")
+    check_spec(c)
+    assert json.loads((tmp_path / "ray_results" / c.study.name / SPEC_FILE).read_text())["digest"]
+    check_spec(cfg(f"output_dir={tmp_path}", "study.max_concurrent_trials=3"))      # scheduling only: same study
+    with pytest.raises(ConfigError, match=r"another design.*study.*new study.name"):
+        check_spec(cfg(f"output_dir={tmp_path}", "study.seeds=[0, 1, 2]"))
+    assert study_dir(c).endswith("/ray_results/" + c.study.name)
+
+
+# --- the report ---------------------------------------------------------------------------------------
+def _cell(label, method, ratio, seed, grids, rng):
+    """A scored cell as tune.study writes it; values[d][m] per image (10 images)."""
+    ids = [["s0", k] for k in range(10)]
+    out = []
+    for g_label, steps, train, shift in grids:
+        vals = {d: {m: (rng.normal(0.5 + shift, 0.05, 10) if m != "mae" else rng.normal(0.2 - shift / 4, 0.02, 10)).tolist()
+                    for m in ("ssim", "psnr", "mae")} for d in ("fwd", "bwd")}
+        summ = {}
+        for d in ("fwd", "bwd"):
+            for m in ("ssim", "psnr", "mae"):
+                v = np.array(vals[d][m])
+                summ[f"test/{d}_{m}_mean"], summ[f"test/{d}_{m}_std"] = float(v.mean()), float(v.std())
+        for m in ("ssim", "psnr", "mae"):
+            summ[f"test/{m}_mean"] = 0.5 * (summ[f"test/fwd_{m}_mean"] + summ[f"test/bwd_{m}_mean"])
+        out.append({"label": g_label, "steps": steps, "training_grid": train, "summary": summ, "values": vals})
+    return {"cell": {"id": f"{label}-{ratio}-{seed}", "label": label, "method": method, "ratio": ratio, "seed": seed,
+                     "fraction": 1.0}, "grids": out, "ids": ids, "params": 10,
+            "cost": {"train_wall_s": 5.0 + seed, "images_per_s": 2.0, "peak_mem_mb": 100.0, "epochs": 1}}
+
+
+@pytest.fixture
+def scored():
+    rng = np.random.default_rng(0)
+    c = cfg("study.methods=[{label: B, name: bidpm}, {label: RF, name: rf}]", "study.bootstrap_samples=500")
+    cells = []
+    for r in (1.0, 0.1):
+        for s in (0, 1):
+            cells.append(_cell("B", "bidpm", r, s, [("training grid N=1", 1, True, 0.1)], rng))
+            cells.append(_cell("RF", "rf", r, s, [("uniform N=1", 1, False, 0.0), ("uniform N=5", 5, False, 0.05)], rng))
+    return c, cells
+
+
+def test_tables_aggregate_over_seeds_and_pick_the_baselines_best_nfe(scored):
+    c, cells = scored
+    assert R.representative(cells, "RF", 1.0, "ssim") == "uniform N=5"
+    a = R.aggregate(cells, "RF", 1.0, "uniform N=5")
+    per_seed = [np.mean(x["grids"][1]["values"]["fwd"]["ssim"]) for x in cells if x["cell"]["label"] == "RF" and x["cell"]["ratio"] == 1.0]
+    assert a["fwd_ssim"] == pytest.approx(np.mean(per_seed)) and a["fwd_ssim_seed_std"] == pytest.approx(np.std(per_seed))
+    spread = [np.std(x["grids"][1]["values"]["fwd"]["ssim"]) for x in cells if x["cell"]["label"] == "RF" and x["cell"]["ratio"] == 1.0]
+    assert a["fwd_ssim_spread"] == pytest.approx(np.mean(spread)) and a["seeds"] == 2
+    md, rows = R.table(cells, c, 0.1, bracket=1.0)
+    assert md.count("\n") == 3 and "| RF | 5 |" in md and f"({R.aggregate(cells, 'B', 1.0, 'training grid N=1')['fwd_ssim']:.4f})" in md
+    assert [r["method"] for r in rows] == ["B", "RF"]
+
+
+def test_significance_is_a_paired_bootstrap_of_seed_averaged_images(scored):
+    from scipy.stats import wilcoxon
+
+    c, cells = scored
+    out = R.significance(cells, c, 1.0)
+    fwd = next(s for s in out if s["direction"] == "fwd")
+    b = np.mean([x["grids"][0]["values"]["fwd"]["ssim"] for x in cells if x["cell"]["label"] == "B" and x["cell"]["ratio"] == 1.0], axis=0)
+    rf = np.mean([x["grids"][1]["values"]["fwd"]["ssim"] for x in cells if x["cell"]["label"] == "RF" and x["cell"]["ratio"] == 1.0], axis=0)
+    d = b - rf
+    assert fwd["baseline"] == "RF" and fwd["images"] == 10 and fwd["mean_diff"] == pytest.approx(d.mean())
+    assert fwd["wilcoxon_p"] == pytest.approx(wilcoxon(d).pvalue)
+    boot = d[np.random.default_rng(0).integers(0, 10, (500, 10))].mean(axis=1)
+    assert (fwd["ci_low"], fwd["ci_high"]) == pytest.approx(tuple(np.percentile(boot, [2.5, 97.5])))
+    assert fwd["supported"] == (fwd["ci_low"] > 0)
+    mae = R.significance(cells, cfg("study.methods=[{label: B, name: bidpm}, {label: RF, name: rf}]", "study.metric=mae"), 1.0)
+    assert all(s["supported"] == (s["ci_high"] < 0) for s in mae)                  # lower MAE is better
+
+
+def test_figures_and_csv(scored):
+    c, cells = scored
+    png5, rows5 = R.figure5(cells, c)
+    png7, rows7 = R.figure7(cells, c, 1.0)
+    assert png5[:8] == png7[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {(r["method"], r["paired_pct"]) for r in rows5} == {("B", 100.0), ("B", 10.0), ("RF", 100.0), ("RF", 10.0)}
+    assert sorted(r["nfe"] for r in rows7 if r["method"] == "RF") == [1, 5]
+    text = R.to_csv(rows5).decode().splitlines()
+    assert text[0].startswith("method,paired_pct,grid,") and len(text) == 5
+    md, cost = R.cost_table(cells, c)
+    assert cost[0]["train_wall_s"] == pytest.approx(5.5) and "| B | 4 |" in md
