@@ -1,5 +1,5 @@
 """Tables and figures of evaluations, for people: step-count tables (paper Fig. 7 layout), volume tables
-(paper Table 5) and the pairing-ratio ablation table and plot. Every table ends with the value scale's
+(paper Table 5). A study's tables and figures are in ``study_report``. Every table ends with the value scale's
 note (``evaluation.scale_note``) so its numbers can be compared with papers. Files are written atomically.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .data.storage import write_bytes_atomic
 from .evaluation import METRICS, SHORT, Evaluation, scale_note
@@ -109,33 +109,3 @@ def _png(fig: Any) -> bytes:
     fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
     return buf.getvalue()
-
-
-def format_ablation_table(rows: Sequence[Mapping[str, Any]], split: str, scale: str) -> str:
-    """Pairing ratio x test SSIM/PSNR both directions (mean±std over images)."""
-    head = ["paired %", "lambda_u"] + [f"{d} {m.upper()}" for d in DIRS for m in ("ssim", "psnr")] + ["status"]
-    body = []
-    for r in rows:
-        cells = [f"{100 * r['ratio']:g}", f"{r['lambda_u']:.3g}"]
-        cells += [_cell(r.get(f"{split}/{d}_{m}_mean"), r.get(f"{split}/{d}_{m}_std"), m) for d in DIRS for m in ("ssim", "psnr")]
-        body.append(cells + [r["status"]])
-    return _table(head, body) + f"\n{scale_note(scale)}"
-
-
-def plot_ablation(rows: Sequence[Mapping[str, Any]], split: str, scale: str) -> bytes:
-    """Test SSIM vs paired % (log axis), both directions, error bars = std over images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in rows if r.get(f"{split}/ssim_mean") is not None]
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for d, label in (("fwd", "forward"), ("bwd", "backward")):
-        ax.errorbar([100 * r["ratio"] for r in ok], [r[f"{split}/{d}_ssim_mean"] for r in ok],
-                    yerr=[r[f"{split}/{d}_ssim_std"] for r in ok], marker="o", capsize=3, label=label)
-    ax.set(xscale="log", xlabel="paired rows (%)", ylabel=f"{split} SSIM", title="pairing-ratio ablation")
-    ax.legend()
-    fig.text(0.01, 0.01, scale_note(scale), fontsize=6)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return _png(fig)

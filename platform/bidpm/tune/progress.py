@@ -158,3 +158,30 @@ def progress_settings(cfg: Any, callbacks: Optional[Sequence[Callback]] = None,
     reporter = BidpmReporter(interval_s=interval_s, print_fn=print_fn, max_epochs=cfg.train.epochs,
                              total=cfg.tune.num_samples)
     return {"verbose": 0, "callbacks": cbs + [reporter]}
+
+
+class CellProgress(Callback):
+    """A line per finished cell, and the count of cells done / running / pending."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def _count(self, trials: list, ending: Any = None, as_status: str = "TERMINATED") -> str:
+        """Tune calls on_trial_complete/error before the trial's status changes: count it as ended."""
+        st = [as_status if t is ending else t.status for t in trials]
+        done, err, run = st.count("TERMINATED"), st.count("ERROR"), st.count("RUNNING")
+        return (f"cells: {done} done, {run} running, {self.total - done - err - run} pending (of {self.total})"
+                + (f", {err} failed" if err else ""))
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"started  {trial.config['cell']}   {self._count(trials)}", flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        r = getattr(getattr(trial, "run_metadata", None), "last_result", None) or {}
+        got = ", ".join(f"{k.split('/', 1)[1]} {r[k]:.4f}" for k in ("test/fwd_ssim_mean", "test/bwd_ssim_mean") if k in r)
+        print(f"finished {trial.config['cell']}: test {got or '?'} in {r.get('cost/train_wall_s', float('nan')):.0f} s   "
+              f"{self._count(trials, trial)}", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"FAILED   {trial.config['cell']} (see {trial.local_path}/error.txt)   {self._count(trials, trial, 'ERROR')}",
+              flush=True)

@@ -22,12 +22,13 @@ import time
 from typing import Any
 
 from ray import tune
-from ray.tune import Callback, RunConfig, TuneConfig, Tuner
+from ray.tune import RunConfig, TuneConfig, Tuner
 
 from .. import tracking
 from ..config import Config, ConfigError, config_from_dict
 from ..data import storage
 from .callback import MLflowTrialCallback
+from .progress import CellProgress
 from .cells import Cell, cell_config, cell_grids, check_cells, expand_cells, spec_digest
 
 SPEC_FILE, CELLS_DIR = "study_spec.json", "cells"
@@ -132,33 +133,6 @@ class StudyCellCallback(MLflowTrialCallback):
 
     def trial_cfg(self, trial: Any) -> Config:
         return cell_config(self.cfg, _cells_by_id(self.cfg)[trial.config["cell"]])
-
-
-class CellProgress(Callback):
-    """A line per finished cell, and the count of cells done / running / pending."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-
-    def _count(self, trials: list, ending: Any = None, as_status: str = "TERMINATED") -> str:
-        """Tune calls on_trial_complete/error before the trial's status changes: count it as ended."""
-        st = [as_status if t is ending else t.status for t in trials]
-        done, err, run = st.count("TERMINATED"), st.count("ERROR"), st.count("RUNNING")
-        return (f"cells: {done} done, {run} running, {self.total - done - err - run} pending (of {self.total})"
-                + (f", {err} failed" if err else ""))
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"started  {trial.config['cell']}   {self._count(trials)}", flush=True)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        r = getattr(getattr(trial, "run_metadata", None), "last_result", None) or {}
-        got = ", ".join(f"{k.split('/', 1)[1]} {r[k]:.4f}" for k in ("test/fwd_ssim_mean", "test/bwd_ssim_mean") if k in r)
-        print(f"finished {trial.config['cell']}: test {got or '?'} in {r.get('cost/train_wall_s', float('nan')):.0f} s   "
-              f"{self._count(trials, trial)}", flush=True)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"FAILED   {trial.config['cell']} (see {trial.local_path}/error.txt)   {self._count(trials, trial, 'ERROR')}",
-              flush=True)
 
 
 def concurrency(cfg: Config) -> int:
