@@ -175,3 +175,10 @@ def test_figures_and_csv(scored):
     assert text[0].startswith("method,paired_pct,grid,") and len(text) == 5
     md, cost = R.cost_table(cells, c)
     assert cost[0]["train_wall_s"] == pytest.approx(5.5) and "| B | 4 |" in md
+
+
+def test_fid_without_inception_weights_is_refused_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))          # an empty hub cache: nothing is downloaded
+    c = cfg("study.fid=true", "study.pairing_ratios=[1.0]")
+    with pytest.raises(ConfigError, match=r"study.fid=true: .*inception_v3_google.*Nothing was trained"):
+        check_cells(c, expand_cells(c), _manifest())

@@ -104,3 +104,15 @@ def test_progress_settings_and_pickle():
     cfg.tune.verbose = True
     loud = progress_settings(cfg, callbacks=[other])
     assert loud == {"verbose": 1, "callbacks": [other]}
+
+
+def test_reporter_pickles_while_tune_has_replaced_print(monkeypatch, capsys):
+    """Ray Tune swaps builtins.print in the driver; a reporter that stored print would not pickle then."""
+    import builtins
+
+    original = builtins.print
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: original(*a, **k))
+    rep = progress_settings(Config())["callbacks"][-1]
+    again = pickle.loads(pickle.dumps(rep))
+    again.update([{"trial": "t1", "status": "RUNNING", "config": {}, "result": {}}], done=True)
+    assert "t1" in capsys.readouterr().out

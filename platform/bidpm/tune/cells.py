@@ -103,7 +103,8 @@ def cell_grids(cfg: Config, cell: Cell) -> list[GridSpec]:
 
 def check_cells(cfg: Config, cells: list[Cell], manifest: dict) -> None:
     """Before any training: every cell's config validates, every ratio pairs some training row, every
-    method can be built (LPIPS weights present where the paired distance needs them)."""
+    method can be built (LPIPS weights present where the paired distance needs them), and the Inception
+    weights are there when ``study.fid`` asks for FID."""
     from ..method import build_method
     from ..model import build_velocity_field
     from ..data.readers import paired_train_rows
@@ -114,6 +115,13 @@ def check_cells(cfg: Config, cells: list[Cell], manifest: dict) -> None:
                 raise ConfigError(f"study.pairing_ratios: no training row is paired at {100 * ratio:g}% "
                                   f"(train fraction {frac:g}, data.pairing_seed={cfg.data.pairing_seed}) on these shards; "
                                   f"drop that ratio, use more data, or change data.pairing_seed. Nothing was trained.")
+    if cfg.study.fid:
+        from ..metrics import FIDWeightsUnavailable, inception_weights_path
+
+        try:
+            inception_weights_path()
+        except FIDWeightsUnavailable as exc:
+            raise ConfigError(f"study.fid=true: {exc}; or set study.fid=false. Nothing was trained.") from None
     seen = set()
     for cell in cells:
         if cell.label in seen:

@@ -90,6 +90,10 @@ def trial_info(trial: Any) -> dict[str, Any]:
             "result": dict(getattr(meta, "last_result", None) or {})}
 
 
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
 class BidpmReporter(Callback):
     """Prints the table when a trial changes status, else at most every ``interval_s`` (if it changed).
 
@@ -97,10 +101,12 @@ class BidpmReporter(Callback):
     start, so that would print every table twice); its start is.
 
     Picklable (Tune saves RunConfig callbacks in ``tuner.pkl``): keep ``print_fn``/``clock`` module-level
+    functions; ``print_fn`` None looks ``print`` up when printing (Ray Tune replaces ``builtins.print`` in
+    the driver, and the replaced function does not pickle by reference).
     functions, not lambdas.
     """
 
-    def __init__(self, interval_s: float = 60.0, print_fn: Callable[[str], Any] = print,
+    def __init__(self, interval_s: float = 60.0, print_fn: Optional[Callable[[str], Any]] = None,
                  clock: Callable[[], float] = time.monotonic, max_rows: int = 20, max_epochs: Optional[int] = None,
                  total: Optional[int] = None) -> None:
         self.interval_s, self.print_fn, self.clock = interval_s, print_fn, clock
@@ -128,7 +134,7 @@ class BidpmReporter(Callback):
         self._statuses = statuses
         if text == self._last_text:              # interval passed, nothing new to show
             return False
-        self.print_fn(text)
+        (self.print_fn or _print)(text)
         self._last_text, self._last_time = text, now
         return True
 
@@ -140,7 +146,7 @@ class BidpmReporter(Callback):
 
 
 def progress_settings(cfg: Any, callbacks: Optional[Sequence[Callback]] = None,
-                      print_fn: Callable[[str], Any] = print, interval_s: float = 60.0) -> dict[str, Any]:
+                      print_fn: Optional[Callable[[str], Any]] = None, interval_s: float = 60.0) -> dict[str, Any]:
     """RunConfig kwargs: ``RunConfig(name=..., storage_path=..., **progress_settings(cfg, callbacks))``.
 
     ``cfg.tune.verbose`` true: ``verbose=1`` (Ray's own output, as before). False: ``verbose=0`` and a
