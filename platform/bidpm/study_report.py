@@ -198,7 +198,9 @@ def to_csv(rows: list[dict]) -> bytes:
 
 def cost_table(cells: list[dict], cfg: Any) -> tuple[str, list[dict]]:
     """Training wall time, images/s, peak memory and parameters per method (mean over its cells)."""
-    lines = ["| method | cells | train wall s | images/s | peak MB (worker) | parameters |", "|---|---|---|---|---|---|"]
+    with_fid = any("fid_fwd" in c for c in cells)
+    lines = ["| method | cells | train wall s | images/s | peak MB (worker) | parameters |" + (" FID fwd |" if with_fid else ""),
+             "|---|---|---|---|---|---|" + ("---|" if with_fid else "")]
     rows = []
     for meth in cfg.study.methods:
         group = [c for c in cells if c["cell"]["label"] == meth.label]
@@ -206,9 +208,14 @@ def cost_table(cells: list[dict], cfg: Any) -> tuple[str, list[dict]]:
             continue
         mean = lambda k: float(np.mean([c["cost"].get(k) or np.nan for c in group]))  # noqa: E731
         params = group[0].get("params_generators", group[0]["params"])
+        fid = float(np.mean([c.get("fid_fwd", np.nan) for c in group]))
         rows.append({"method": meth.label, "cells": len(group), "train_wall_s": mean("train_wall_s"),
-                     "images_per_s": mean("images_per_s"), "peak_mem_mb": mean("peak_mem_mb"), "params": params})
+                     "images_per_s": mean("images_per_s"), "peak_mem_mb": mean("peak_mem_mb"), "params": params,
+                     "fid_fwd": fid})
         r = rows[-1]
         lines.append(f"| {meth.label} | {r['cells']} | {r['train_wall_s']:.0f} | {r['images_per_s']:.1f} | "
-                     f"{r['peak_mem_mb']:.0f} | {params:,}{' (generators)' if 'params_generators' in group[0] else ''} |")
-    return "\n".join(lines), rows
+                     f"{r['peak_mem_mb']:.0f} | {params:,}{' (generators)' if 'params_generators' in group[0] else ''} |"
+                     + (f" {fid:.2f} |" if with_fid else ""))
+    note = "" if with_fid else ("\n\nFID: not computed (study.fid=false, or the Inception v3 weights are not in "
+                                "TORCH_HOME's hub cache; see bidpm.metrics.fid)")
+    return "\n".join(lines) + note, rows

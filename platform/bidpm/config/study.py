@@ -65,7 +65,9 @@ class StudyConfig(Section):
     bootstrap_samples: int = Field(2000, ge=100, description="paired bootstrap resamples of test images")
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
     retry_failed: bool = Field(True, description="retry cells that failed (no scores) once per run, under the concurrency limit")
-    fid: bool = Field(False, description="FID per cell too (needs the Inception weights in TORCH_HOME)")
+    fid: Optional[bool] = Field(
+        None, description="FID of the forward syntheses per cell: null = when the Inception weights are in TORCH_HOME's hub "
+        "cache (the report says when they were not), true = required (a study without them stops before training), false = never")
 
     @field_validator("pairing_ratios")
     @classmethod

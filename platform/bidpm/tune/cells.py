@@ -104,7 +104,7 @@ def cell_grids(cfg: Config, cell: Cell) -> list[GridSpec]:
 def check_cells(cfg: Config, cells: list[Cell], manifest: dict) -> None:
     """Before any training: every cell's config validates, every ratio pairs some training row, every
     method can be built (LPIPS weights present where the paired distance needs them), and the Inception
-    weights are there when ``study.fid`` asks for FID."""
+    weights are there when ``study.fid`` is true."""
     from ..method import build_method
     from ..model import build_velocity_field
     from ..data.readers import paired_train_rows
@@ -115,7 +115,7 @@ def check_cells(cfg: Config, cells: list[Cell], manifest: dict) -> None:
                 raise ConfigError(f"study.pairing_ratios: no training row is paired at {100 * ratio:g}% "
                                   f"(train fraction {frac:g}, data.pairing_seed={cfg.data.pairing_seed}) on these shards; "
                                   f"drop that ratio, use more data, or change data.pairing_seed. Nothing was trained.")
-    if cfg.study.fid:
+    if cfg.study.fid is True:
         from ..metrics import FIDWeightsUnavailable, inception_weights_path
 
         try:
@@ -135,6 +135,19 @@ def check_cells(cfg: Config, cells: list[Cell], manifest: dict) -> None:
             raise ConfigError(f"study.methods[{cell.label}]: {exc}") from None
         except (FileNotFoundError, RuntimeError, ValueError) as exc:
             raise ConfigError(f"study.methods[{cell.label}]: cannot be built ({exc}). Nothing was trained.") from None
+
+
+def fid_wanted(cfg: Config) -> bool:
+    """``study.fid``: true / false, or (null) whether the Inception weights are on this machine."""
+    if cfg.study.fid is not None:
+        return cfg.study.fid
+    from ..metrics import FIDWeightsUnavailable, inception_weights_path
+
+    try:
+        inception_weights_path()
+        return True
+    except FIDWeightsUnavailable:
+        return False
 
 
 def spec_digest(cfg: Config) -> tuple[str, dict[str, Any]]:

@@ -29,7 +29,7 @@ from ..config import Config, ConfigError, config_from_dict
 from ..data import storage
 from .callback import MLflowTrialCallback
 from .progress import CellProgress
-from .cells import Cell, cell_config, cell_grids, check_cells, expand_cells, spec_digest
+from .cells import Cell, cell_config, cell_grids, check_cells, expand_cells, fid_wanted, spec_digest
 
 SPEC_FILE, CELLS_DIR = "study_spec.json", "cells"
 
@@ -110,7 +110,7 @@ def _cell_trial(config: dict[str, Any], base_cfg: dict[str, Any]) -> None:
     res = {"num_cpus": tc.cpus_per_worker, **({"num_gpus": tc.gpus_per_worker} if tc.use_gpu else {}),
            "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None)}
     scores = ray.get(ray.remote(score_cell).options(**res).remote(
-        checkpoint_location(ck.path, ccfg.storage_path), ccfg.to_dict(), cell.as_dict(), cfg.study.fid))
+        checkpoint_location(ck.path, ccfg.storage_path), ccfg.to_dict(), cell.as_dict(), fid_wanted(cfg)))
     m = result.metrics or {}
     scores.update(cell=cell.as_dict(), checkpoint=checkpoint_location(ck.path, ccfg.storage_path),
                   cost={"train_wall_s": wall, "images_per_s": m.get("train/images_per_s"),
