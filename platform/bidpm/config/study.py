@@ -69,18 +69,11 @@ class StudyConfig(Section):
         None, description="FID of the forward syntheses per cell: null = when the Inception weights are in TORCH_HOME's hub "
         "cache (the report says when they were not), true = required (a study without them stops before training), false = never")
 
-    @field_validator("pairing_ratios")
-    @classmethod
-    def _ratios(cls, v: list[float]) -> list[float]:
-        if not v or any(not 0.0 < r <= 1.0 for r in v) or len(set(v)) != len(v):
-            raise ValueError(f"must list distinct fractions in (0, 1], e.g. [1.0, 0.1] (got {v})")
-        return sorted(v, reverse=True)
-
-    @field_validator("train_fractions")
+    @field_validator("pairing_ratios", "train_fractions")
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
         if not v or any(not 0.0 < r <= 1.0 for r in v) or len(set(v)) != len(v):
-            raise ValueError(f"must list distinct fractions in (0, 1] (got {v})")
+            raise ValueError(f"must list distinct fractions in (0, 1], e.g. [1.0, 0.1] (got {v})")
         return sorted(v, reverse=True)
 
     @field_validator("seeds")
