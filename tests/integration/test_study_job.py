@@ -23,7 +23,7 @@ OVERRIDES = [
     "data.image_size=[16,16]", "data.num_slices=4", "data.phantom.num_subjects=8", "data.phantom.shape=[24,24,10]",
     "data.split.val_fraction=0.125", "data.split.test_fraction=0.25",
     "model.base_channels=8", "model.channel_mults=[1,2]", "model.groups=4", "model.attention_levels=[]",
-    "train.epochs=2", "train.max_steps_per_epoch=2", "train.batch_size=4", "train.val_batches=1",
+    "train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=4", "train.val_batches=1",
     "study.name=tiny", "study.pairing_ratios=[1.0,0.5]", "study.seeds=[0]", "study.baseline_nfe=[1,2]",
     "study.bootstrap_samples=200",
     "study.methods=[{label: Bi-DPM N=1, name: bidpm, time_grid: [0.0, 1.0]}, {label: RF, name: rf}]",
