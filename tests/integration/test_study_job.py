@@ -66,7 +66,8 @@ def test_study_is_killed_resumes_without_retraining_and_reports(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)                      # the driver and everything it started
     proc.wait(timeout=60)
     before = _snapshot(study / "cells")
-    assert 1 <= len(before) < 4
+    assert len(before) >= 1, "the kill came after a finished cell, so its scores must be on disk"
+    assert len(before) < 4, "the kill came before the study ended"
     ckpts = {name[:-5]: _checkpoints(study, name[:-5]) for name in before}
     assert all(ckpts.values())
 
