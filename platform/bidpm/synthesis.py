@@ -73,7 +73,7 @@ def synthesize_slices(
     precision: Precision = "fp32",
 ) -> Tensor:
     """Algorithm 2 on a stack of slices with the velocity field ``model``: Euler steps on ``grid``
-    (``method.solver``), in batches, without gradients, in eval mode.
+    (``method.solver``), in batches, under ``torch.inference_mode`` (no autograd bookkeeping), in eval mode.
 
     x: (B, C, H, W) in [-1, 1] (sources for ``forward``, targets for ``backward``); returns (B, C, H, W)
     float32 on x's device. Runs on the model's device (x is moved there batch by batch, so a large stack
@@ -93,15 +93,18 @@ def synthesize_slices(
     model.eval()
     out = []
     try:
-        with torch.no_grad(), autocast:
+        with torch.inference_mode(), autocast:
+            # inputs pinned once and copied asynchronously; outputs stay on the device until the last batch,
+            # so the GPU never waits for a per-batch copy back to the host
+            src = x.float().pin_memory() if device.type == "cuda" and x.device.type == "cpu" else x
             for start in range(0, x.shape[0], batch_size):
-                xb = x[start:start + batch_size].to(device=device, dtype=torch.float32)
-                out.append(euler_integrate(model, xb, g, direction).float().to(x.device))
+                xb = src[start:start + batch_size].to(device=device, dtype=torch.float32, non_blocking=True)
+                out.append(euler_integrate(model, xb, g, direction).float())
     finally:
         model.train(was_training)
     if not out:
         return x.new_zeros(x.shape, dtype=torch.float32)
-    return torch.cat(out)
+    return torch.cat(out).to(x.device)
 
 
 # --- volumes --------------------------------------------------------------------------------------

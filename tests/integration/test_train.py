@@ -92,6 +92,11 @@ def test_bidpm_ddp_mixed_batches_recovers_a_killed_worker_and_converges(make_cfg
     cfg = make_cfg(
         "method.name=bidpm", "method.lambda_unpaired=0.1", "data.pairing_ratio=0.5",
         "train.run_name=bidpm-ddp", "train.max_failures=1", f"train.fail_at_step={{rank: 1, step: {STEPS + 3}}}",
+        # issue 12's speed switches, all on (as on CUDA by default): torch.compile traced by dynamo + AOTAutograd
+        # (aot_eager: inductor's code generation is checked in tests/unit/test_runtime.py), channels_last, unroll
+        # checkpointing, the compiled EMA for validation; the checkpoint below still reloads into eager models
+        "train.compile=true", "train.compile_backend=aot_eager", "train.channels_last=true",
+        "train.checkpoint_unroll=true", "evaluation.compile=true", "evaluation.compile_backend=aot_eager",
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # RayDeprecationWarning is a subclass

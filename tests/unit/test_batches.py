@@ -25,8 +25,10 @@ class FakeShard:
         self.flat = flat
         self.calls: list[dict] = []
 
-    def iter_torch_batches(self, *, batch_size, dtypes, drop_last, local_shuffle_buffer_size, local_shuffle_seed):
-        self.calls.append(dict(batch_size=batch_size, seed=local_shuffle_seed, drop_last=drop_last))
+    def iter_torch_batches(self, *, batch_size, dtypes, drop_last, local_shuffle_buffer_size, local_shuffle_seed,
+                           prefetch_batches=1, pin_memory=False):
+        self.calls.append(dict(batch_size=batch_size, seed=local_shuffle_seed, drop_last=drop_last,
+                               prefetch=prefetch_batches, pin=pin_memory))
         rng = np.random.default_rng(local_shuffle_seed)
         buf: list[int] = []
         out: list[int] = []

@@ -29,6 +29,13 @@ class EvaluationConfig(Section):
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1 ... for offline scoring")
     precision: Optional[Literal["fp32", "bf16", "fp16"]] = Field(
         None, description="autocast dtype of the network on CUDA while scoring; None: train.precision (CPU runs fp32)")
+    compile: Optional[bool] = Field(
+        None, description="torch.compile the field for synthesis and scoring (validation, evaluate, synthesize, "
+                          "promotion); null = on CUDA")
+    compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]] = Field(
+        None, description="torch.compile mode for inference; reduce-overhead captures CUDA graphs (fixed batch shapes)")
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field("inductor", description="torch.compile backend (train.compile_backend)")
+    channels_last: Optional[bool] = Field(None, description="NHWC weights for inference; null = on CUDA")
 
     @field_validator("device")
     @classmethod

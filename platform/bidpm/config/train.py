@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from .base import Section
+
+DEFAULT_MAX_FAILURES = 3  # worker-group restarts from the last checkpoint (preemptible nodes: the common case)
 
 
 class FaultInjection(Section):
@@ -32,10 +34,30 @@ class TrainConfig(Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0.0)
     gpus_per_worker: float = Field(1.0, gt=0.0)
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray resources each Train worker reserves: a custom resource a node type offers (e.g. "
+                    "{accelerator_slot: 1}, so trials land on - and an autoscaler adds - such nodes), or CPU/GPU, "
+                    "which replace cpus_per_worker/gpus_per_worker; GPU > 0 implies use_gpu ({GPU: 1} runs on GPUs)")
     torch_threads: Optional[int] = Field(
         None, ge=1, description="torch.set_num_threads in each worker; None keeps Ray's (OMP_NUM_THREADS from the CPU request)"
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype on CUDA; CPU always runs fp32")
+    # Speed and memory switches (bidpm.model.runtime): null = on for CUDA workers, off on CPU.
+    compile: Optional[bool] = Field(None, description="torch.compile the velocity field once per worker; null = on CUDA")
+    compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]] = Field(
+        None, description="torch.compile mode; null = inductor's default (reduce-overhead adds CUDA graphs)")
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
+        "inductor", description="torch.compile backend: inductor generates fused kernels; aot_eager traces the same "
+                                "graphs (dynamo + AOTAutograd) without code generation, for debugging and quick CPU checks")
+    channels_last: Optional[bool] = Field(None, description="NHWC weights and images (tensor-core convolutions); null = on CUDA")
+    fused_adam: Optional[bool] = Field(None, description="Adam as one fused kernel; null = on CUDA")
+    checkpoint_unroll: bool = Field(
+        False, description="activation checkpointing of each network evaluation in the Euler unrolls: memory for N "
+                           "steps stays near one evaluation's activations plus the N+1 states, for ~1/3 more compute; "
+                           "same gradients")
+    prefetch_batches: int = Field(2, ge=0, description="batches Ray Data prepares (and moves to the device) ahead of use")
+    pin_memory: Optional[bool] = Field(None, description="pinned host batches for asynchronous copies; null = on CUDA")
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(8, ge=1, description="per worker; with pairing_ratio < 1 half paired, half unpaired rows")
     lr: float = Field(1e-4, gt=0.0)
@@ -58,7 +80,10 @@ class TrainConfig(Section):
     checkpoint_score_mode: Literal["max", "min"] = "max"
     storage_path: str = Field("ray_results", description="relative paths resolve under output_dir; URIs kept as is")
     run_name: str = "bidpm-train"
-    max_failures: int = Field(0, ge=-1)
+    max_failures: int = Field(
+        DEFAULT_MAX_FAILURES, ge=-1,
+        description="how often Ray Train restarts a failed worker group (a killed worker, a lost node) from the last "
+                    "checkpoint before the run fails; 0 = fail at the first worker failure, -1 = retry forever")
     controller_failure_limit: int = Field(
         -1, ge=-1,
         description="how often Ray Train retries a worker group that did not start (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, "
@@ -67,3 +92,58 @@ class TrainConfig(Section):
     fail_at_step: Optional[FaultInjection] = Field(
         None, description="TESTS ONLY: kill one worker with os._exit at a step (see FaultInjection)"
     )
+
+    @field_validator("storage_path")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        from ..data.storage import check_no_credentials   # lazy: bidpm.data imports the config package
+
+        check_no_credentials(v)                           # credentials come from the environment, never YAML
+        return v
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _resource_amounts(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: a for k, a in v.items() if not k or a < 0}
+        if bad:
+            raise ValueError(f"names must be non-empty and amounts >= 0 (got {bad})")
+        return v
+
+    @model_validator(mode="after")
+    def _cpu_gpu_in_resources(self) -> "TrainConfig":
+        """``resources_per_worker`` CPU/GPU are mirrored into ``cpus_per_worker``/``gpus_per_worker`` (and GPU > 0
+        into ``use_gpu``) so every reader of those fields (scoring tasks, concurrency, the loop's device) agrees;
+        a value given explicitly that disagrees is an error rather than a silent winner."""
+        res, given, d = self.resources_per_worker, self.model_fields_set, self.__dict__
+        if "CPU" in res and res["CPU"] != self.cpus_per_worker:
+            if "cpus_per_worker" in given:
+                raise ValueError(f"train.resources_per_worker.CPU={res['CPU']} and train.cpus_per_worker="
+                                 f"{self.cpus_per_worker} disagree; set one of them")
+            if res["CPU"] <= 0:
+                raise ValueError("train.resources_per_worker.CPU must be > 0 (it is train.cpus_per_worker)")
+            d["cpus_per_worker"] = float(res["CPU"])
+        if "GPU" not in res:
+            return self
+        gpus = float(res["GPU"])
+        if gpus == 0:
+            if self.use_gpu:
+                raise ValueError("train.resources_per_worker.GPU=0 with train.use_gpu=true; drop one of them")
+            return self
+        if not self.use_gpu and "use_gpu" in given:
+            raise ValueError(f"train.resources_per_worker.GPU={gpus} with train.use_gpu=false; set use_gpu=true or "
+                             f"drop GPU from resources_per_worker")
+        if gpus != self.gpus_per_worker and "gpus_per_worker" in given:
+            raise ValueError(f"train.resources_per_worker.GPU={gpus} and train.gpus_per_worker={self.gpus_per_worker} "
+                             f"disagree; set one of them")
+        d["use_gpu"], d["gpus_per_worker"] = True, gpus
+        return self
+
+    def worker_resources(self) -> dict[str, float]:
+        """What one Train worker reserves: CPU, GPU when ``use_gpu``, and every custom resource asked for."""
+        out = {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
+        out.update({k: float(v) for k, v in self.resources_per_worker.items() if k not in ("CPU", "GPU")})
+        return out
+
+    def custom_resources(self) -> dict[str, float]:
+        """The non-CPU/GPU part of ``worker_resources`` (Ray's ``resources=`` argument of tasks and actors)."""
+        return {k: v for k, v in self.worker_resources().items() if k not in ("CPU", "GPU")}

@@ -63,8 +63,8 @@ class FlowMatching(Method):
         eps = torch.randn(x_0.shape, device=x_0.device, dtype=x_0.dtype) if self.sigma > 0 else None
         x_t, u_t = self.path(x_0, x_1, t, eps)
         total = (model(x_t, t) - u_t).pow(2).mean()
-        value = float(total.detach())
-        return LossOutput(total=total, components={"loss/fm": value, "loss/total": value})
+        value = total.detach()  # stays on the device until the loop reports (no sync per step)
+        return LossOutput(total=total, logged={"loss/fm": value, "loss/total": value})
 
 
 class RectifiedFlow(FlowMatching):

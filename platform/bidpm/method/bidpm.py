@@ -70,17 +70,16 @@ class BiDPM(Method):
         Note n = 0 compares x with the backward synthesis of z, n = N the forward synthesis of x with z.
         """
         xs_f, xs_b = self.unroll(model, batch.source, batch.target)
-        paired = batch.paired
-        n_paired = int(paired.sum().item())
-        n_unpaired = paired.shape[0] - n_paired
-        logged: dict[str, Tensor] = {}  # detached scalars, turned into floats with one device sync
+        n_paired, n_unpaired = batch.n_paired, batch.n_unpaired  # host ints: no device sync (Batch)
+        paired, unpaired = batch.paired_index, batch.unpaired_index
+        logged: dict[str, Tensor | float] = {}  # detached scalars; the loop fetches them when it reports
         total = xs_f[-1].sum() * 0.0  # keeps a graph even if both terms are absent (e.g. unpaired-only, lambda_u = 0)
 
         if n_paired > 0:
             # Eq. 6 + Eq. 7: L^p = sum_n w_n mean_{i paired} d(x^f_{i,t_n}, z^b_{i,t_n})
             loss_p = total.new_zeros(())
             for n, (w, f, b) in enumerate(zip(self.step_weights, xs_f, xs_b)):
-                d_n = self.paired_distance(f[paired], b[paired]).mean()
+                d_n = self.paired_distance(f.index_select(0, paired), b.index_select(0, paired)).mean()
                 logged[f"paired/d_t{n}"] = d_n.detach()
                 loss_p = loss_p + w * d_n
             total = total + loss_p
@@ -88,21 +87,17 @@ class BiDPM(Method):
 
         if n_unpaired >= 2 and self.lambda_unpaired > 0:
             # Eq. 8, w_n-weighted: L^u = sum_n w_n MMD^2({x^f_{p,t_n}: p unpaired}, {z^b_{q,t_n}: all q})
-            unpaired = ~paired
             loss_u = total.new_zeros(())
             for n, (w, f, b) in enumerate(zip(self.step_weights, xs_f, xs_b)):
-                m_n = self.mmd(f[unpaired], b)
+                m_n = self.mmd(f.index_select(0, unpaired), b)
                 logged[f"unpaired/mmd_t{n}"] = m_n.detach()
                 loss_u = loss_u + w * m_n
             total = total + self.lambda_unpaired * loss_u  # Eq. 9
             logged["loss/unpaired"] = loss_u.detach()
 
         logged["loss/total"] = total.detach()
-        exact = torch.float32 if total.device.type == "mps" else torch.float64  # MPS has no float64
-        values = torch.stack([v.to(exact) for v in logged.values()]).tolist()
-        comps = {"loss/paired": 0.0, "loss/unpaired": 0.0, **dict(zip(logged, values))}
-        comps["batch/paired_frac"] = n_paired / paired.shape[0]
-        return LossOutput(total=total, components=comps)
+        logged = {"loss/paired": 0.0, "loss/unpaired": 0.0, **logged, "batch/paired_frac": n_paired / (n_paired + n_unpaired)}
+        return LossOutput(total=total, logged=logged)
 
 
 def build_bidpm(cfg: MethodConfig, paired_distance: Optional[PairedDistance] = None, mmd: Optional[MMD] = None) -> BiDPM:

@@ -63,7 +63,8 @@ class CycleGAN(Method):
         loss_d = 0.5 * (((d_t_real - 1) ** 2).mean() + (d_t_fake ** 2).mean()) \
             + 0.5 * (((d_s_real - 1) ** 2).mean() + (d_s_fake ** 2).mean())
         total = loss_g + loss_d
-        vals = torch.stack([total.detach(), loss_g.detach(), loss_d.detach(), adv.detach(), cyc.detach()]).double().tolist()
-        comps = dict(zip(("loss/total", "loss/generator", "loss/discriminator", "loss/adversarial", "loss/cycle"), vals))
-        comps["batch/paired_frac"] = float(batch.paired.float().mean())
-        return LossOutput(total=total, components=comps)
+        vals = (total, loss_g, loss_d, adv, cyc)
+        logged: dict[str, Tensor | float] = {k: v.detach() for k, v in zip(
+            ("loss/total", "loss/generator", "loss/discriminator", "loss/adversarial", "loss/cycle"), vals)}
+        logged["batch/paired_frac"] = batch.n_paired / batch.paired.shape[0]
+        return LossOutput(total=total, logged=logged)

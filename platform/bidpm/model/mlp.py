@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .unet import TimeLike, broadcast_time
 
@@ -39,8 +40,15 @@ class MLPVelocity(nn.Module):
         layers.append(nn.Linear(width, dim))
         self.net = nn.Sequential(*layers)
 
+    checkpoint_evaluations = False  # train.checkpoint_unroll (model.runtime.set_checkpointing)
+
     def forward(self, x: Tensor, t: TimeLike) -> Tensor:
-        """x (B, D), t (B,) / scalar -> (B, D)."""
+        """x (B, D), t (B,) / scalar -> (B, D); activations recomputed in backward when checkpointing."""
+        if self.checkpoint_evaluations and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, t, use_reentrant=False)
+        return self._forward(x, t)
+
+    def _forward(self, x: Tensor, t: TimeLike) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLPVelocity: expected x of shape (B, {self.dim}) (model.mlp_dim), got {tuple(x.shape)}")
         t = broadcast_time(t, x.shape[0], x.device).to(x.dtype)

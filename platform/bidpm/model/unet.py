@@ -21,6 +21,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 TimeLike = Union[Tensor, float]
 
@@ -214,8 +215,20 @@ class UNet(nn.Module):
                 f"divisible by {f} (data.image_size) or use fewer levels"
             )
 
+    checkpoint_evaluations = False  # train.checkpoint_unroll (model.runtime.set_checkpointing)
+
     def forward(self, x: Tensor, t: TimeLike) -> Tensor:
-        """x (B, C, H, W), t (B,) / scalar -> u_theta(x, t) (B, C, H, W)."""
+        """x (B, C, H, W), t (B,) / scalar -> u_theta(x, t) (B, C, H, W).
+
+        With ``checkpoint_evaluations`` set and autograd recording, the activations are recomputed in the
+        backward pass instead of kept (``torch.utils.checkpoint``, non-reentrant: works inside DDP and
+        torch.compile); the output and the gradients are the same.
+        """
+        if self.checkpoint_evaluations and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, t, use_reentrant=False)
+        return self._forward(x, t)
+
+    def _forward(self, x: Tensor, t: TimeLike) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet: expected x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         self.check_size(x.shape[2], x.shape[3])

@@ -132,9 +132,7 @@ def mixed_batches(
             )
         x_0p = as_images(rows_p["source"], image_size)
         x_1p = as_images(rows_p["target"], image_size)
-        n_p, n_u = x_0p.shape[0], x_0u.shape[0]
-        flags = torch.cat([torch.ones(n_p, dtype=torch.bool), torch.zeros(n_u, dtype=torch.bool)]).to(x_0u.device)
-        yield Batch(source=torch.cat([x_0p, x_0u]), target=torch.cat([x_1p, x_1u]), paired=flags)
+        yield Batch.paired_first(torch.cat([x_0p, x_0u]), torch.cat([x_1p, x_1u]), x_0p.shape[0])
 
 
 def worker_batches(
@@ -146,12 +144,16 @@ def worker_batches(
     epoch: int,
     rank: int,
     shuffle_buffer_rows: int,
+    prefetch_batches: int = 1,
+    pin_memory: bool = False,
 ) -> Iterator[Batch]:
     """One epoch of this worker's ``Batch``es from its dataset shards (uniform or mixed by the names present).
 
     Every stream is iterated with ``drop_last=True`` (a batch is always exactly half/half) and a
     local shuffle buffer seeded by ``stream_seed``; ``dtypes`` float32 and ``device`` left to Ray
-    ("auto": the worker's training device).
+    ("auto": the worker's training device). Ray's fetch threads prepare ``prefetch_batches`` batches
+    ahead and copy them to the device there (from pinned memory with ``pin_memory``), so the training
+    step does not wait for the host-to-device copy.
     """
 
     def stream(name: str, rows: int, cycle_index: int = 0) -> Iterable[RowBatch]:
@@ -161,6 +163,8 @@ def worker_batches(
             drop_last=True,
             local_shuffle_buffer_size=shuffle_buffer_rows,
             local_shuffle_seed=stream_seed(seed, epoch, rank, name, cycle_index),
+            prefetch_batches=prefetch_batches,
+            pin_memory=pin_memory,
         )
 
     if ALL_PAIRED in shards:

@@ -4,10 +4,13 @@
 2. model, EMA (paper 3.2), Adam (paper: lr 1e-4 constant, no schedule), method objective
 3. resume from ``ray.train.get_checkpoint()`` (same run name, or a worker-group restart after a failure):
    weights, EMA, optimizer, step and finished epochs come back; finished epochs are not redone
-4. DDP via ``ray.train.torch.prepare_model`` (gloo on CPU, NCCL on GPU: Ray picks from ``use_gpu``)
+4. speed switches (``model.runtime``; on CUDA by default): channels_last, activation checkpointing of
+   the unroll, torch.compile once per worker (the EMA copy compiled too, for validation), fused Adam;
+   then DDP via ``ray.train.torch.prepare_model`` (gloo on CPU, NCCL on GPU: Ray picks from ``use_gpu``)
 5. per epoch: stream this worker's shard (batches.py), autocast on CUDA, gradient accumulation (an
    epoch's leftover micro-batches make one last, smaller step) and clipping, EMA update after each
-   optimizer step
+   optimizer step. Nothing in a step reads a value back from the device: loss components are summed on
+   the device and fetched once, when the epoch reports
 6. per epoch: report the averaged loss components and throughput; rank 0 also validates the EMA
    weights on the whole val split in both directions on the method's own time grid, writes a
    checkpoint + sample grid and passes it to ``ray.train.report``; other ranks report metrics only
@@ -33,11 +36,14 @@ import ray.train
 import ray.train.torch
 from bidpm.config import Config, config_from_dict
 from bidpm.method import Batch, build_method
+from bidpm.method.base import to_floats
 from bidpm.evaluation import Evaluation, FieldSampler, GridSpec, evaluate
 from bidpm.model import EMA, build_velocity_field
+from bidpm.model import runtime
 from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, VAL, worker_batches
 from bidpm.train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from bidpm.train.samples import save_sample_grid
+from bidpm.train.step import apply_gradients
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"cfg": Config.to_dict(), "manifest_digest": str}."""
@@ -73,10 +79,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             scaler.load_state_dict(state["scaler"])
     resumed_from_step = step
 
-    # 4. DDP + optimizer (built on the prepared model's parameters, state moved to their device) ---
+    # 4. speed switches, DDP, optimizer (built on the prepared model's parameters) ----------------
+    channels_last = runtime.resolve(tc.channels_last, device)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    if channels_last:
+        runtime.to_channels_last(model)
+        runtime.to_channels_last(ema.module)
+    runtime.set_checkpointing(model, tc.checkpoint_unroll)
+    if runtime.resolve(tc.compile, device):  # compiled once here, not per epoch; state dicts unwrap it
+        model = runtime.compile_field(model, tc.compile_mode, tc.compile_backend)
     model = ray.train.torch.prepare_model(model)
     ema.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    val_net = ema.module
+    if runtime.resolve(cfg.evaluation.compile, device):
+        val_net = runtime.compile_field(ema.module, cfg.evaluation.compile_mode, cfg.evaluation.compile_backend)  # follows ema.module's weights
+    optimizer = runtime.make_adam(model.parameters(), tc.lr, fused=runtime.resolve(tc.fused_adam, device))
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
     train_names = [n for n in (ALL_PAIRED, UNPAIRED, PAIRED, UNPAIRED_TARGETS) if _has_dataset(n)]
@@ -86,16 +103,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _seed_worker(tc.seed, epoch, rank)
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = defaultdict(float)
+        sums: dict[str, Any] = defaultdict(float)  # device tensors (or floats), fetched at the report
         steps_this_epoch, n_micro, images, t_start = 0, 0, 0, time.perf_counter()
         waits: list[float] = []  # seconds waited for each batch (data stalls)
         batches = _timed(worker_batches(
             {n: ray.train.get_dataset_shard(n) for n in train_names},
             batch_size=tc.batch_size, image_size=image_size, seed=tc.seed, epoch=epoch, rank=rank,
-            shuffle_buffer_rows=tc.shuffle_buffer_rows,
+            shuffle_buffer_rows=tc.shuffle_buffer_rows, prefetch_batches=tc.prefetch_batches,
+            pin_memory=runtime.resolve(tc.pin_memory, device),
         ), waits)
         for micro, (batch, epoch_end) in enumerate(_flag_last(batches)):
-            batch = batch.to(device)
+            batch = batch.to(device, non_blocking=True, memory_format=memory_format)  # Ray already moved it
             in_group = micro % tc.grad_accum + 1  # micro-batches in this optimizer step so far
             last_micro = in_group == tc.grad_accum or epoch_end  # an epoch's leftover micro-batches step too
             sync = contextlib.nullcontext() if last_micro or world == 1 else model.no_sync()
@@ -103,9 +121,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 with autocast:
                     out = method.loss(model, batch)
                 scaler.scale(out.total / tc.grad_accum).backward()
-            for k, v in out.components.items():
-                sums[k] += float(v)
-            sums["loss"] += out.components["loss/total"]  # already a host float: no second device sync
+            for k, v in out.logged.items():
+                sums[k] = sums[k] + v  # stays on the device: no host sync inside the step
+            sums["loss"] = sums["loss"] + out.logged["loss/total"]
             images += batch.source.shape[0]
             n_micro += 1
             if not last_micro:
@@ -113,13 +131,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _maybe_inject_fault(cfg, rank, step + 1, resumed_from_step)
             if in_group < tc.grad_accum:
                 average_partial_group(model.parameters(), tc.grad_accum, in_group)
-            if tc.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            ema.update(model)
+            apply_gradients(model, optimizer, scaler, ema, tc.grad_clip)
             step += 1
             steps_this_epoch += 1
             if tc.max_steps_per_epoch is not None and steps_this_epoch >= tc.max_steps_per_epoch:
@@ -142,14 +154,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "train/images_per_s": world * images / max(seconds, 1e-9),
             "train/peak_mem_mb": peak_memory_mb(device),
             "train/params": sum(p.numel() for p in model.parameters()),
-            **{f"train/{k}": v / max(n_micro, 1) for k, v in sums.items()},
+            **{f"train/{k}": v / max(n_micro, 1) for k, v in to_floats(sums).items()},  # one transfer
         }
         if rank != 0:
             ray.train.report(metrics)
             continue
         with tempfile.TemporaryDirectory(prefix="bidpm-ckpt-") as tmp:
             val_rows = ray.train.get_dataset_shard(VAL).iter_torch_batches(batch_size=tc.batch_size, dtypes=torch.float32)
-            scores = validate(ema.module, cfg, val_rows, device)
+            scores = validate(val_net, cfg, val_rows, device)
             metrics.update(scores.summary())
             shown = scores.examples
             save_checkpoint(tmp, model=model, ema=ema, optimizer=optimizer, step=step, epoch=epoch, cfg=cfg,
