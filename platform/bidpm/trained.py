@@ -3,6 +3,7 @@
 ``TrainedModel.from_checkpoint`` (a training checkpoint folder) and ``TrainedModel.from_model_uri``
 (``models:/name@alias``, ``models:/name/3``, ``runs:/...``) are the only ways a checkpoint becomes a
 model: the MLflow pyfunc (``tracking.pyfunc``), synthesis, evaluation and promotion all go through them.
+Both read weights only (``torch.load(weights_only=True)``); no pickle of a logged model is ever loaded.
 ``sample(x, direction, grid)`` runs the Euler solver (``method.solver``) directly - no training
 objective, so no LPIPS weights are needed to synthesise.
 
@@ -46,6 +47,15 @@ class TrainedModel:
         p = next(self.net.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
+    def accelerate(self, cfg: Config) -> "TrainedModel":
+        """``evaluation.compile``/``channels_last`` (on CUDA by default) applied to ``net`` for synthesis and
+        scoring; the weights are shared, the maths unchanged (``model.runtime.inference_field``)."""
+        from .model.runtime import inference_field
+
+        ev = cfg.evaluation
+        self.net = inference_field(self.net, self.device, ev.compile, ev.channels_last, ev.compile_mode, ev.compile_backend)
+        return self
+
     def to(self, device: str | torch.device) -> "TrainedModel":
         self.net.to(device)
         return self
@@ -78,12 +88,17 @@ class TrainedModel:
     @classmethod
     def from_model_uri(cls, model_uri: str, cfg: Config, device: str | torch.device = "cpu") -> "TrainedModel":
         """A logged/registered bidpm model from the tracking store ``cfg.mlflow_uri`` (checked first, so
-        an unreachable server fails in seconds). Downloaded into a temporary folder, removed afterwards."""
+        an unreachable server fails in seconds). Downloaded into a temporary folder, removed afterwards.
+
+        Loaded from its WEIGHTS, exactly as a checkpoint folder is (``state.pt`` with
+        ``torch.load(weights_only=True)`` + the config in it): the model's ``python_model.pkl`` is never
+        unpickled. Why: whoever can write to the registry could otherwise run code in every driver
+        that promotes, evaluates or synthesises with the model. The pyfunc is for serving only."""
         import mlflow
         import yaml
         from mlflow.exceptions import MlflowException
 
-        from .tracking.pyfunc import BidpmPyfunc
+        from .tracking.pyfunc import MODEL_FORMAT
         from .tracking.store import use_store
 
         uri = use_store(cfg)
@@ -96,17 +111,21 @@ class TrainedModel:
                     f"({str(exc).splitlines()[0]}); check the name/alias (`mlflow models` / the MLflow UI) and "
                     f"tracking.tracking_uri (pass the training config with --config)") from None
             meta = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
+            meta = meta if isinstance(meta, dict) else {}
             flavor = ((meta.get("flavors") or {}).get("python_function") or {})
             ck_rel = ((flavor.get("artifacts") or {}).get("checkpoint") or {}).get("path")
-            if not ck_rel or not (local / ck_rel / "config.json").is_file():
-                raise ConfigError(f"--model-uri {model_uri}: not a bidpm model (no checkpoint artifact in its MLmodel); "
-                                  "register models with jobs/tune_steps.py / bidpm.tracking.log_model")
-            impl = mlflow.pyfunc.load_model(str(local)).unwrap_python_model()
-        if not isinstance(impl, BidpmPyfunc):
-            raise ConfigError(f"--model-uri {model_uri}: holds a {type(impl).__name__}, not a bidpm model (BidpmPyfunc)")
-        model = impl.model
+            fmt = (meta.get("metadata") or {}).get("bidpm.format")
+            ck = (local / str(ck_rel)).resolve() if ck_rel else None
+            if (ck is None or local.resolve() not in ck.parents or not (ck / "state.pt").is_file()
+                    or fmt not in (None, MODEL_FORMAT)):
+                raise ConfigError(f"--model-uri {model_uri}: not a bidpm model (no checkpoint artifact with state.pt in "
+                                  "its MLmodel); register models with jobs/tune_steps.py / bidpm.tracking.log_model")
+            try:
+                model = cls.from_checkpoint(ck, device)
+            except ConfigError as exc:
+                raise ConfigError(f"--model-uri {model_uri}: {str(exc).removeprefix(f'--checkpoint {ck}: ')}") from None
         model.origin = f"model {model_uri}"
-        return model.to(device)
+        return model
 
 
 def load_trained(checkpoint: Optional[str], model_uri: Optional[str], cfg: Config, explicit_config: bool,
@@ -119,7 +138,8 @@ def load_trained(checkpoint: Optional[str], model_uri: Optional[str], cfg: Confi
              else TrainedModel.from_model_uri(str(model_uri), cfg, device))
     if explicit_config:
         check_compatible(model.cfg, cfg, model.origin)
-    return model
+    return model.accelerate(cfg)
+
 
 
 def check_compatible(model_cfg: Config, cfg: Config, what: str) -> None:

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import Section
+from .base import ConfigError, Section
 
 # Modality names each layout knows (file stems). ``csv`` and ``phantom`` add their own below.
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 SYNTHRAD_MODALITIES = ("mr", "ct")
 DEFAULT_MODALITIES = {"brats": ("t1", "t2"), "synthrad": ("mr", "ct"), "csv": ("source", "target")}
+
+# The pseudonym salt is a secret: with it, anyone holding a list of candidate ids can re-derive every
+# pseudonym. It never leaves the ingest: the field is excluded from every dump (``Config.to_dict`` /
+# ``to_yaml`` / ``flat``: MLflow params, resolved configs, checkpoints, registered models, Ray trial
+# configs), which carry only its digest. Give it through the environment, never in a YAML file.
+DEFAULT_SALT = "bidpm"
+SALT_ENV = "BIDPM_PSEUDONYM_SALT"
+
+
+def salt_fingerprint(salt: str) -> str:
+    """sha256[:16] of the salt: what configs carry (it changes the shard folder when the salt changes).
+    Use a long random salt (``openssl rand -hex 32``): a short one could be guessed from this digest."""
+    return hashlib.sha256(salt.encode()).hexdigest()[:16]
 
 
 class PhantomConfig(Section):
@@ -36,14 +52,29 @@ class SplitConfig(Section):
 
     Explicit lists name the ORIGINAL subject ids (folder names / CSV ids). Subjects in no list go to
     train when ``train_subjects`` is unset, otherwise they are left out (counted in the manifest).
+    Raw ids identify patients, so the lists, like the salt, stay with the ingest: excluded from every
+    dump, which carries ``subjects_digest`` (salted) instead.
     """
 
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
-    train_subjects: Optional[list[str]] = None
-    val_subjects: Optional[list[str]] = None
-    test_subjects: Optional[list[str]] = None
+    train_subjects: Optional[list[str]] = Field(None, exclude=True, repr=False)
+    val_subjects: Optional[list[str]] = Field(None, exclude=True, repr=False)
+    test_subjects: Optional[list[str]] = Field(None, exclude=True, repr=False)
+    subjects_digest: Optional[str] = Field(
+        None, description="derived (do not set): salted digest of the explicit subject lists; None without lists")
+
+    def __getstate__(self) -> dict:
+        """Pickles (Ray object store, spilled objects, Tune state) carry no raw ids, like dumps."""
+        state = super().__getstate__()
+        state["__dict__"] = {**state["__dict__"], "train_subjects": None, "val_subjects": None, "test_subjects": None}
+        return state
+
+    def explicit_lists(self) -> Optional[dict[str, Optional[list[str]]]]:
+        """The three lists when any is given, else None."""
+        lists = {k: getattr(self, k) for k in ("train_subjects", "val_subjects", "test_subjects")}
+        return lists if any(v is not None for v in lists.values()) else None
 
     @model_validator(mode="after")
     def _sum(self) -> "SplitConfig":
@@ -93,7 +124,11 @@ class DataConfig(Section):
         "ceil(f * n) subjects first in a stable hash order of data.pairing_seed, so smaller fractions are nested "
         "subsets of larger ones; applied at read time, one set of shards serves every fraction")
     pseudonymise: bool = True
-    pseudonym_salt: str = Field("bidpm", description="secret in real use: with it, ids can be re-derived; kept out of the manifest")
+    pseudonym_salt: Optional[str] = Field(
+        None, exclude=True, repr=False,
+        description=f"secret: with it, ids can be re-derived. Set ${SALT_ENV} (never in YAML); unset = "
+                    f"{DEFAULT_SALT!r}. Excluded from every dump (params, configs, checkpoints, models)")
+    salt_digest: Optional[str] = Field(None, description="derived (do not set): salt_fingerprint of the salt")
     skip_bad: bool = False
     row_group_rows: int = Field(64, ge=1, description="Parquet row-group size (rows) - the unit readers stream")
     num_workers: Optional[int] = Field(
@@ -140,6 +175,54 @@ class DataConfig(Section):
                 if m not in known:
                     raise ValueError(f"data.{field}: {m!r} is not a {layout} modality; choose one of {list(known)}")
         return self
+
+    @model_validator(mode="after")
+    def _secrets(self) -> "DataConfig":
+        # First load (no digest yet): the salt from the field, else $BIDPM_PSEUDONYM_SALT, else the
+        # default. A config rebuilt from a dump carries only the digest and keeps it (workers and
+        # trials read shards, they never need the salt itself).
+        if self.pseudonym_salt is not None:
+            object.__setattr__(self, "salt_digest", salt_fingerprint(self.pseudonym_salt))
+        elif self.salt_digest is None:
+            object.__setattr__(self, "salt_digest", salt_fingerprint(os.environ.get(SALT_ENV) or DEFAULT_SALT))
+        lists = self.split.explicit_lists()
+        if lists is not None:
+            salt = self.known_salt()
+            if salt is None:
+                raise ValueError(f"data.split.*_subjects: explicit subject lists need the pseudonym salt with digest "
+                                 f"{self.salt_digest}; set ${SALT_ENV} (or data.pseudonym_salt=...)")
+            text = json.dumps(lists, sort_keys=True)
+            object.__setattr__(self.split, "subjects_digest", hashlib.sha256(f"{salt}|{text}".encode()).hexdigest()[:16])
+        return self
+
+    def __getstate__(self) -> dict:
+        """Pickles (Ray object store, spilled objects, Tune state) carry no salt, like dumps; an
+        in-process ``model_copy`` keeps it (the driver may still have to ingest)."""
+        state = super().__getstate__()
+        state["__dict__"] = {**state["__dict__"], "pseudonym_salt": None}
+        return state
+
+    def known_salt(self) -> Optional[str]:
+        """The salt itself when this process has it (field, environment or the default, whichever
+        matches ``salt_digest``), else None."""
+        if self.pseudonym_salt is not None:
+            return self.pseudonym_salt
+        for candidate in (os.environ.get(SALT_ENV), DEFAULT_SALT):
+            if candidate and salt_fingerprint(candidate) == self.salt_digest:
+                return candidate
+        return None
+
+    def ingest_secrets(self) -> str:
+        """The salt for a fresh ingest, after checking the subject lists are here too; a clear error when
+        this config was rebuilt from a dump (which holds neither)."""
+        salt = self.known_salt()
+        if salt is None:
+            raise ConfigError(f"data.pseudonym_salt: this config carries only the salt's digest ({self.salt_digest}); "
+                              f"ingest needs the salt itself: set ${SALT_ENV} (or data.pseudonym_salt=...)")
+        if self.split.subjects_digest is not None and self.split.explicit_lists() is None:
+            raise ConfigError("data.split: this config carries only the digest of explicit subject lists; ingest needs "
+                              "the lists themselves: pass data.split.{train,val,test}_subjects as in the original config")
+        return salt
 
     @property
     def modalities(self) -> tuple[str, str]:

@@ -40,11 +40,20 @@ def _digest(obj: Any) -> str:
 
 
 def content_settings(cfg) -> dict:
-    """The part of ``cfg.data`` that determines shard content (salt hashed, root resolved)."""
-    d = cfg.data.model_dump(mode="json")
+    """The part of ``cfg.data`` that determines shard content (salt and subject lists as their digests,
+    root resolved). Only digests: a config rebuilt from a dump (trials, workers) must find the same
+    folder without the secrets. The keys keep the digests of shards made before the lists were dropped
+    from dumps (``pseudonym_salt`` = the salt's sha256[:16], lists None)."""
+    d = cfg.data.model_dump(mode="json")      # salt and explicit lists are excluded from dumps
     for k in _NOT_CONTENT:
         d.pop(k, None)
-    d["pseudonym_salt"] = hashlib.sha256(cfg.data.pseudonym_salt.encode()).hexdigest()[:16]
+    d["pseudonym_salt"] = d.pop("salt_digest")
+    split = d["split"]
+    lists_digest = split.pop("subjects_digest", None)
+    if lists_digest is None:
+        split.update(train_subjects=None, val_subjects=None, test_subjects=None)
+    else:
+        split["subjects_digest"] = lists_digest
     d["root"] = input_root_location(cfg)
     d["source_modality"], d["target_modality"] = cfg.data.modalities
     if cfg.data.layout != "phantom":
@@ -90,6 +99,7 @@ def version_base(cfg) -> str:
 
 
 def redacted_data_config(cfg) -> dict:
+    """``cfg.data`` for the manifest: the dump already leaves out the salt and the subject lists."""
     d = cfg.data.model_dump(mode="json")
     d["pseudonym_salt"] = "<redacted>"
     return d

@@ -56,7 +56,10 @@ def _param_value(v: Any) -> str:
 
 
 def config_params(cfg: Config) -> dict[str, str]:
-    """Flattened resolved config as MLflow params; lists stay readable (``[0.0, 0.5, 1.0]``)."""
+    """Flattened resolved config as MLflow params; lists stay readable (``[0.0, 0.5, 1.0]``).
+
+    ``Config.flat`` is a dump, so the pseudonym salt and explicit subject lists (raw ids) are not in
+    it - only their digests (``data.salt_digest``, ``data.split.subjects_digest``), for lineage."""
     params = {k: _param_value(v) for k, v in cfg.flat().items()}
     params["method.n_steps"] = str(cfg.method.n_steps)
     return params

@@ -4,6 +4,12 @@ Why pyfunc and not ``mlflow.pytorch.log_model``: its default torch.export format
 dimension to the input example's (batch 1 -> batch 4 failed). The pyfunc runs the Euler unroll
 (Algorithm 2) through ``bidpm.trained.TrainedModel``, on any batch size, in either direction
 (``params={"direction": ...}``); it is pickled by reference, so loading needs only ``bidpm`` and ``mlflow``.
+
+The pyfunc is for SERVING only (``mlflow models serve``, ``mlflow.pyfunc.load_model``), which unpickles
+``python_model.pkl``: serve only models from a registry you trust. The platform itself (promotion,
+evaluation, synthesis) never loads the pickle: ``TrainedModel.from_model_uri`` reads the checkpoint
+artifact's weights (``weights_only=True``) and config, which name a model by ``metadata.bidpm.format``.
+Nothing of the config but its dump is stored (``Config.to_dict``: no pseudonym salt, no subject ids).
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ class BidpmPyfunc(mlflow.pyfunc.PythonModel):
 
     predict(x: float32 (B, C, H, W) in [-1, 1], params={"direction": "forward"|"backward"}) -> (B, C, H, W),
     with the EMA weights on the trained ``method.time_grid``. ``self.model`` is the ``TrainedModel``
-    (jobs take it through ``TrainedModel.from_model_uri``).
+    read from the checkpoint artifact. For serving only: the platform's jobs never load this class
+    (``TrainedModel.from_model_uri`` reads the same checkpoint without unpickling it).
     """
 
     def load_context(self, context):  # noqa: ANN001 - MLflow reads type hints as a schema; none on purpose
@@ -56,10 +63,33 @@ def input_shape(cfg: Config) -> str:
     return f"{cfg.model.in_channels}x{h}x{w}"
 
 
-def log_model(cfg: Config, run_id: str, checkpoint_dir: str) -> str:
-    """Log the checkpoint as a ``BidpmPyfunc`` model in run ``run_id``; returns its model URI."""
-    import torch
+def checkpoint_sha256(checkpoint_dir: str) -> str:
+    """sha256 of the checkpoint's ``state.pt``: which weights a logged model holds."""
+    import hashlib
+    from pathlib import Path
 
+    h = hashlib.sha256()
+    with open(Path(checkpoint_dir) / "state.pt", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def log_model(cfg: Config, run_id: str, checkpoint_dir: str) -> str:
+    """Log the checkpoint as a ``BidpmPyfunc`` model in run ``run_id``; returns its model URI.
+
+    Idempotent per run and weights: a model of this run already logged (READY) from the same
+    ``state.pt`` is returned instead of a second copy (a driver rerun after a crash in the registry
+    step logs nothing twice)."""
+    import torch
+    from mlflow import MlflowClient
+
+    sha = checkpoint_sha256(checkpoint_dir)
+    exp_id = MlflowClient().get_run(run_id).info.experiment_id
+    for m in mlflow.search_logged_models(experiment_ids=[exp_id], output_format="list",
+                                         filter_string=f"source_run_id = '{run_id}'"):
+        if m.tags.get("bidpm.checkpoint_sha256") == sha and str(m.status).endswith("READY"):
+            return f"models:/{m.model_id}"
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -68,6 +98,7 @@ def log_model(cfg: Config, run_id: str, checkpoint_dir: str) -> str:
             signature=model_signature(cfg),
             input_example=(np.zeros((2, cfg.model.in_channels, *cfg.data.image_size), np.float32), {"direction": "forward"}),
             pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", "bidpm"],
-            tags={"bidpm.format": MODEL_FORMAT, "bidpm.input_shape": input_shape(cfg)},
+            tags={"bidpm.format": MODEL_FORMAT, "bidpm.input_shape": input_shape(cfg), "bidpm.checkpoint_sha256": sha},
+            metadata={"bidpm.format": MODEL_FORMAT, "bidpm.input_shape": input_shape(cfg)},
         )
     return info.model_uri

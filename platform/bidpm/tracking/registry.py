@@ -1,14 +1,24 @@
-"""The registry: register a model version (all or nothing), aliases, challenger vs champion promotion.
+"""The registry: register a model version (all or nothing, once per trial), aliases, challenger vs
+champion promotion (safe against concurrent promotions).
 
 The best trial's model is registered under ``cfg.tracking.registered_model_name`` with alias
 ``challenger``; ``champion`` moves only when the challenger beats the champion on the TEST split
-(ties keep the champion), both scored by ``bidpm.evaluation`` on the Ray-free split reader.
+(ties keep the champion), both scored by ``bidpm.evaluation`` on the Ray-free split reader, which
+loads the models from their weights (``TrainedModel.from_model_uri``: no pickle is loaded).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 import mlflow
 from mlflow import MlflowClient
@@ -21,6 +31,11 @@ from .pyfunc import MODEL_FORMAT, input_shape
 from .store import TrackingError
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+# The tags that say which trial's checkpoint a version is; with the run id they make the registration key.
+IDENTITY_TAGS = ("bidpm.study", "bidpm.trial_id", "bidpm.checkpoint")
+TAG_REGISTRATION_KEY = "bidpm.registration_key"
+LOCK_SUFFIX = ".promotion-lock"
+_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
 
 
 def check_registry(client: MlflowClient, cfg: Config) -> None:
@@ -45,11 +60,26 @@ def check_registry(client: MlflowClient, cfg: Config) -> None:
         )
 
 
-def register(client: MlflowClient, cfg: Config, model_uri: str, run_id: str, tags: Mapping[str, str]) -> str:
-    """Register ``model_uri`` and give it alias ``challenger``; all or nothing. Returns the version.
+def registration_key(run_id: str, tags: Mapping[str, str]) -> str:
+    """Identity of one trial's model: the run plus the study / trial / checkpoint tags present."""
+    ident = {"run_id": str(run_id), **{k: str(tags[k]) for k in IDENTITY_TAGS if k in tags}}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
-    If anything after the version's creation fails (tags, alias), the version is deleted again, so the
-    registry never holds a half-registered version.
+
+def find_registered(client: MlflowClient, name: str, key: str) -> Optional[str]:
+    """The (lowest) version of ``name`` registered with ``key``, or None."""
+    found = client.search_model_versions(f"name = '{name}' and tags.`{TAG_REGISTRATION_KEY}` = '{key}'")
+    return str(min(int(v.version) for v in found)) if found else None
+
+
+def register(client: MlflowClient, cfg: Config, model_uri: str, run_id: str, tags: Mapping[str, str]) -> str:
+    """Register ``model_uri`` and give it alias ``challenger``; all or nothing, once per trial. Returns the version.
+
+    Idempotent: the version is created WITH its registration key (run id + ``IDENTITY_TAGS``) in one
+    call, so a driver killed right after the creation and rerun finds that version by the key and
+    completes it (tags, alias) instead of registering the same trial's model again. If anything after
+    a creation fails here (tags, alias), the new version is deleted again, so the registry never
+    holds a half-registered version made by this call.
     """
     name = cfg.tracking.registered_model_name
     check_registry(client, cfg)
@@ -61,17 +91,24 @@ def register(client: MlflowClient, cfg: Config, model_uri: str, run_id: str, tag
     else:
         client.set_registered_model_tag(name, "bidpm.format", MODEL_FORMAT)
         client.set_registered_model_tag(name, "bidpm.input_shape", input_shape(cfg))
-    mv = mlflow.register_model(model_uri, name, await_registration_for=300)
+    key = registration_key(run_id, tags)
+    all_tags = {**{k: str(v) for k, v in tags.items()}, TAG_REGISTRATION_KEY: key}
+    version = find_registered(client, name, key)
+    created = version is None
+    if created:
+        version = str(mlflow.register_model(model_uri, name, await_registration_for=300, tags=all_tags).version)
     try:
+        mv = client.get_model_version(name, version)
         if str(mv.status) not in ("READY", "ModelVersionStatus.READY"):
-            raise TrackingError(f"registered model {name!r} version {mv.version} ended in status {mv.status}")
-        for k, v in tags.items():
-            client.set_model_version_tag(name, mv.version, k, str(v))
-        client.set_registered_model_alias(name, CHALLENGER, mv.version)
+            raise TrackingError(f"registered model {name!r} version {version} ended in status {mv.status}")
+        for k, v in all_tags.items():
+            client.set_model_version_tag(name, version, k, v)
+        client.set_registered_model_alias(name, CHALLENGER, version)
     except BaseException:
-        client.delete_model_version(name, mv.version)
+        if created:
+            client.delete_model_version(name, version)
         raise
-    return str(mv.version)
+    return version
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> Optional[str]:
@@ -103,6 +140,59 @@ class Promotion:
                 f"champion {champ} -> {verdict} ({self.reason})")
 
 
+@contextmanager
+def promotion_lock(client: MlflowClient, name: str, ttl_s: float = 120.0, wait_s: float = 300.0,
+                   poll_s: float = 0.1) -> Iterator[str]:
+    """Hold the promotion lease of registered model ``name`` (yields the holder id).
+
+    Why a lease and not compare-and-set: MLflow aliases have no conditional update, so two promoters
+    that both read "champion = v1" could each move it, and the last writer wins even when it is the
+    worse model. What every store does atomically is refuse a second registered model of the same
+    name, so the lease IS a registered model ``<name>.promotion-lock`` (created with its holder and
+    expiry tags in one call, deleted on release). A lease left by a killed promoter expires after
+    ``ttl_s`` and is then broken by the next one; waiting longer than ``wait_s`` is an error naming
+    the holder. Only the final check-and-move runs under the lease (seconds), never an evaluation.
+    """
+    lock = name + LOCK_SUFFIX
+    holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.create_registered_model(
+                lock, tags={"bidpm.lock.holder": holder, "bidpm.lock.expires": f"{time.time() + ttl_s:.3f}"},
+                description=f"transient lease: a promotion of {name!r} is moving its aliases (bidpm.tracking.registry)")
+            break
+        except MlflowException as exc:
+            if exc.error_code not in _EXISTS:
+                raise
+        try:
+            held = client.get_registered_model(lock).tags
+        except MlflowException:
+            continue                                            # released in between: try again at once
+        if time.time() > float(held.get("bidpm.lock.expires") or 0):
+            _release(client, lock, held.get("bidpm.lock.holder"))  # a killed promoter's lease
+            continue
+        if time.monotonic() > deadline:
+            raise TrackingError(
+                f"registered model {name!r}: another promotion ({held.get('bidpm.lock.holder')}) holds the lease "
+                f"{lock!r} for more than {wait_s:.0f} s; retry later, or delete registered model {lock!r} if no "
+                "promotion is running")
+        time.sleep(poll_s)
+    try:
+        yield holder
+    finally:
+        _release(client, lock, holder)
+
+
+def _release(client: MlflowClient, lock: str, holder: Optional[str]) -> None:
+    """Delete the lease if ``holder`` still holds it (never someone else's newer lease)."""
+    try:
+        if client.get_registered_model(lock).tags.get("bidpm.lock.holder") == holder:
+            client.delete_registered_model(lock)
+    except MlflowException:
+        pass                                                    # already gone
+
+
 def promote(client: MlflowClient, cfg: Config, version: str,
             evaluate: Optional[Callable[[str], Mapping[str, float]]] = None,
             challenger_scores: Optional[Mapping[str, float]] = None) -> Promotion:
@@ -111,9 +201,15 @@ def promote(client: MlflowClient, cfg: Config, version: str,
     Both models are scored on the same split now (a stored score may come from other data). The
     challenger takes ``champion`` only if strictly better by ``tracking.promote_metric`` (ties keep the
     champion). ``evaluate(model_uri) -> metrics`` defaults to ``score_model(uri, cfg, "test")``.
+
+    Concurrent promotions (two drivers, two versions): scoring runs outside any lock; the decision
+    and the alias move run under ``promotion_lock``, after re-reading the champion. When the champion
+    moved meanwhile (another promotion won), the lease is released, the new champion is scored and
+    the comparison repeats, so the champion always ends on the better model and the reason tag says
+    which champion was compared and that it changed during the promotion.
     """
     objective = Objective.of_promotion(cfg)
-    name, metric, mode = cfg.tracking.registered_model_name, objective.metric, objective.mode
+    name, metric = cfg.tracking.registered_model_name, objective.metric
     evaluate = evaluate or (lambda uri: score_model(uri, cfg, "test"))
     version = str(version)
     client.get_model_version(name, version)                     # clear MLflow error if it does not exist
@@ -121,35 +217,58 @@ def promote(client: MlflowClient, cfg: Config, version: str,
     if metric not in scores:
         raise TrackingError(f"tracking.promote_metric: {metric!r} is not among the evaluation metrics {sorted(scores)}")
     ours = float(scores[metric])
-    champ_v = alias_version(client, name, CHAMPION)
-    champ_score: Optional[float] = None
+    champion_scores: dict[str, float] = {}                      # a version's model never changes: score once
+    moved: list[str] = []                                       # champions that appeared while we scored
+    while True:
+        champ_v = alias_version(client, name, CHAMPION)
+        if champ_v is not None and champ_v != version and champ_v not in champion_scores:
+            champion_scores[champ_v] = float(evaluate(f"models:/{name}/{champ_v}")[metric])
+        with promotion_lock(client, name):
+            now = alias_version(client, name, CHAMPION)
+            if now != champ_v:                                  # another promotion moved it: score that one
+                moved.append(f"v{now}" if now else "none")
+                continue
+            decision = _decide(objective, name, version, ours, champ_v, champion_scores.get(champ_v), moved)
+            client.set_registered_model_alias(name, CHALLENGER, version)
+            if decision.promoted:
+                client.set_registered_model_alias(name, CHAMPION, version)
+            _record(client, cfg, decision, scores)
+            return decision
+
+
+def _decide(objective: Objective, name: str, version: str, ours: float, champ_v: Optional[str],
+            champ_score: Optional[float], moved: list[str]) -> Promotion:
+    metric, mode = objective.metric, objective.mode
     if champ_v is None:
         promoted, reason = True, "no champion yet"
     elif champ_v == version:
         promoted, reason, champ_score = True, "already the champion", ours
     else:
-        champ_score = float(evaluate(f"models:/{name}/{champ_v}")[metric])
-        better = objective.better(ours, champ_score)
-        promoted = better
-        reason = f"{'beats' if better else 'does not beat'} the champion ({mode} {metric}; ties keep the champion)"
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    decision = Promotion(name, version, metric, mode, ours, champ_v, champ_score, promoted, reason)
+        assert champ_score is not None
+        promoted = objective.better(ours, champ_score)
+        reason = f"{'beats' if promoted else 'does not beat'} the champion ({mode} {metric}; ties keep the champion)"
+    if moved:
+        reason += (f"; the champion changed to {', then '.join(moved)} during this promotion (a concurrent "
+                   "promotion), so it was compared again with the new champion")
+    return Promotion(name, version, metric, mode, ours, champ_v, champ_score, promoted, reason)
+
+
+def _record(client: MlflowClient, cfg: Config, decision: Promotion, scores: Mapping[str, float]) -> None:
+    """The decision as tags of the challenger version (under the lease: tags and aliases agree)."""
+    name, version = decision.name, decision.version
     tags = {
-        "bidpm.promotion.decision": "promoted" if promoted else "kept_champion",
-        "bidpm.promotion.reason": reason,
-        "bidpm.promotion.metric": metric,
-        "bidpm.promotion.challenger_score": f"{ours:.6f}",
-        "bidpm.promotion.champion_version": champ_v or "none",
-        "bidpm.promotion.champion_score": "none" if champ_score is None else f"{champ_score:.6f}",
+        "bidpm.promotion.decision": "promoted" if decision.promoted else "kept_champion",
+        "bidpm.promotion.reason": decision.reason,
+        "bidpm.promotion.metric": decision.metric,
+        "bidpm.promotion.challenger_score": f"{decision.challenger_score:.6f}",
+        "bidpm.promotion.champion_version": decision.champion_version or "none",
+        "bidpm.promotion.champion_score": "none" if decision.champion_score is None else f"{decision.champion_score:.6f}",
     }
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
     for k, v in scores.items():
         client.set_model_version_tag(name, version, f"bidpm.{k}", f"{float(v):.6f}")
     client.set_model_version_tag(name, version, "bidpm.metric_scale", scale_note(cfg.evaluation.scale))
-    return decision
 
 
 def score_model(model_uri: str, cfg: Config, split: str = "test") -> dict[str, float]:
@@ -158,7 +277,7 @@ def score_model(model_uri: str, cfg: Config, split: str = "test") -> dict[str, f
     from ..evaluation import evaluate_split
     from ..trained import TrainedModel, pick_device
 
-    model = TrainedModel.from_model_uri(model_uri, cfg, pick_device(cfg.evaluation.device))
+    model = TrainedModel.from_model_uri(model_uri, cfg, pick_device(cfg.evaluation.device)).accelerate(cfg)
     return evaluate_split(model, cfg, split).summary()
 
 
