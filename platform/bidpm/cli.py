@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
+import signal
 import sys
 from typing import Callable, Optional, Sequence
 
 from .config import Config, ConfigError, load_config
-from .data.manifest import DataError
 
 OVERRIDES_HELP = (
     "key=value overrides applied on top of the YAML, e.g. train.epochs=3 method.time_grid=[0,0.5,1] "
@@ -71,26 +72,64 @@ def config_given(args: argparse.Namespace) -> bool:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's to fix (one line, exit 2); modules are looked up only if loaded."""
-    errs: list[type[BaseException]] = [ConfigError, DataError]
-    for mod, name in (("bidpm.tracking.store", "TrackingError"), ("bidpm.synthesis", "SynthesisError"),
-                      ("bidpm.io.nifti", "NiftiError")):
+    """Errors that are the user's to fix (one line, exit 2); modules are looked up only if loaded (one that
+    raised is loaded; importing them here would pull torch into every job's start, --help included)."""
+    errs: list[type[BaseException]] = [ConfigError]
+    for mod, name in (("bidpm.data.manifest", "DataError"), ("bidpm.tracking.store", "TrackingError"),
+                      ("bidpm.synthesis", "SynthesisError"), ("bidpm.io.nifti", "NiftiError")):
         if mod in sys.modules:
             errs.append(getattr(sys.modules[mod], name))
     return tuple(errs)
 
 
+# EX_TEMPFAIL (sysexits.h): the job stopped for a reason outside it (the tracking server went away, the
+# cluster has no resources free) and kept its state; the same command, rerun later, resumes.
+EXIT_RESUMABLE = 75
+
+
+def _resumable_errors() -> tuple[type[BaseException], ...]:
+    errs: list[type[BaseException]] = []
+    for mod, name in (("bidpm.tracking.store", "TrackingUnavailable"), ("bidpm.tune.watchdog", "StudyStalled")):
+        if mod in sys.modules:
+            errs.append(getattr(sys.modules[mod], name))
+    return tuple(errs)
+
+
+def rerun_command(argv: Optional[Sequence[str]] = None) -> str:
+    """The command line that started this job (what resumes it), shell-quoted."""
+    args = list(sys.argv if argv is None else argv)
+    prog = args[0] if args else "bidpm"
+    head = ["python", prog] if prog.endswith(".py") else [prog]
+    return shlex.join(head + args[1:])
+
+
 def run_main(main: Callable[..., Optional[int]], argv: Optional[Sequence[str]] = None) -> None:
-    """Run a job's main; known user errors become one clear line and exit status 2."""
+    """Run a job's main. Known user errors: one line ``error: ...``, exit 2. Resumable stops (tracking
+    server gone, study stalled): the message and the command that resumes, exit 75. Ctrl+C / SIGTERM: exit
+    130 with the same command. Anything else is a bug: its traceback, exit 1. The MLflow runs a job opened
+    are ended (FAILED / KILLED) by the job itself on every path (``tune.launch``, ``tune.study``)."""
     try:
         code = main(argv)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted{': ' + str(exc) if str(exc) else ''}; rerun the same command to resume: {rerun_command()}",
+              file=sys.stderr)
         sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == signal.SIGTERM:         # Ray's driver handler turns SIGTERM (`ray job stop`) into sys.exit(15)
+            print(f"terminated (SIGTERM); rerun the same command to resume: {rerun_command()}", file=sys.stderr)
+            sys.exit(128 + signal.SIGTERM)
+        raise
     except Exception as exc:  # noqa: BLE001 - filtered to user errors just below
+        if isinstance(exc, _resumable_errors()):
+            print(f"error: {str(exc).strip()}. To resume, rerun the same command: {rerun_command()}", file=sys.stderr)
+            sys.exit(EXIT_RESUMABLE)
+        failed = sys.modules.get("bidpm.tune.launch")
+        if failed is not None and isinstance(exc, failed.StudyFailed):   # ran, nothing usable: where to look
+            print(f"error: {str(exc).strip()}", file=sys.stderr)
+            sys.exit(1)
         if not isinstance(exc, _user_errors()):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {str(exc).strip()}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
 

@@ -31,7 +31,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--ratios: {bad} outside (0, 1]; give fractions, e.g. --ratios 1 0.1")
     from . import study
 
-    return study.run(ablation_config(cfg, args.ratios))
+    return study.run(ablation_config(cfg, args.ratios), job="ablate_pairing")
 
 
 def ablation_config(cfg: Any, ratios: Sequence[float]) -> Any:

@@ -25,6 +25,9 @@ OVERRIDES_HELP = (
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = command_parser(__doc__, "prepare_data", OVERRIDES_HELP)
     cfg, _ = parse_job_args(parser, argv)
+    from ..prechecks import check_job
+
+    check_job(cfg, "prepare_data")           # writable locations: before Ray or any volume is read
     from ..data import load_manifest, prepare_shards
     from ..raycluster import connect_ray
 
@@ -33,6 +36,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     m = load_manifest(cfg)
     counts = ", ".join(f"{s} {v['subjects']} subjects / {v['slices']} slices" for s, v in m["splits"].items())
     print(f"manifest: {path}\n{counts}; skipped {len(m['skipped'])}; content digest {m['content_digest'][:12]}")
-    for s in m["skipped"]:
-        print(f"  skipped {s['subject']}: {s['kind']} ({s['role']}): {s['problem']}")
+    from ..data.shards import skipped_report
+
+    for line in skipped_report(cfg, m):     # original ids and paths: console only, never in the manifest
+        print(line)
     return 0

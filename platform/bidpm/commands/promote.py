@@ -20,6 +20,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     which.add_argument("--version", help="registered model version to consider")
     which.add_argument("--alias", help="or the version carrying this alias (e.g. challenger)")
     cfg, args = parse_job_args(parser, argv)
+    from ..prechecks import check_job
+
+    check_job(cfg, "promote")                # the SQLite store's folder: before MLflow
     from .. import tracking
 
     client, _ = tracking.connect(cfg)

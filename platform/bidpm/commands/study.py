@@ -27,27 +27,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run(cfg)
 
 
-def run(cfg: Any) -> int:
-    """Run the grid (``tune.study.run_grid``), then write and print the report."""
+def run(cfg: Any, job: str = "study") -> int:
+    """Run the grid (``tune.study.run_grid``), then write and print the report. The parent MLflow run
+    ends FINISHED (every cell scored), FAILED (cells missing, the report failed) or KILLED (a signal)."""
+    from ..prechecks import check_job
+
+    check_job(cfg, job)                      # writable locations, splits: before MLflow, Ray or data
     from ..raycluster import connect_ray
+    from ..tune.launch import end_runs
     from ..tune.study import run_grid
 
     connect_ray()
-    result = run_grid(cfg)
-    if result["missing"]:
-        print(f"\n{len(result['missing'])} cell(s) have no scores (failed: see the messages above): "
-              f"{', '.join(result['missing'])}\nrerun the same command to retry them; the report covers the others")
-    if not result["cells"]:
-        return 1
-    paths = write_report(cfg, result)
-    print("\noutputs:")
-    for name, p in paths.items():
-        print(f"  {name:<14} {p}")
-    if result["client"] is not None:
-        from .. import tracking
+    from ..tune.nodes import NodeTimeline
 
-        result["client"].set_terminated(result["parent_run_id"], status="FAILED" if result["missing"] else "FINISHED")
-        print(tracking.where(cfg))
+    with NodeTimeline() as nodes:            # on an autoscaling cluster: the nodes the cells brought up
+        result = run_grid(cfg)
+    if nodes.on_cluster:
+        print(nodes.format())
+    client, parent = result["client"], result["parent_run_id"]
+    try:
+        if result["missing"]:
+            print(f"\n{len(result['missing'])} cell(s) have no scores (failed: see the messages above): "
+                  f"{', '.join(result['missing'])}\nrerun the same command to retry them; the report covers the others")
+        if not result["cells"]:
+            if client is not None:
+                client.set_terminated(parent, status="FAILED")
+            return 1
+        paths = write_report(cfg, result)
+        print("\noutputs:")
+        for name, p in paths.items():
+            print(f"  {name:<14} {p}")
+        if client is not None:
+            from .. import tracking
+
+            client.set_terminated(parent, status="FAILED" if result["missing"] else "FINISHED")
+            print(tracking.where(cfg))
+    except BaseException as exc:
+        end_runs(client, parent, exc)
+        raise
     return 0 if not result["missing"] else 1
 
 

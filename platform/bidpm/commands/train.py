@@ -18,12 +18,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = command_parser(__doc__, "train")
     parser.add_argument("--restart", action="store_true", help="delete the run folder and train from scratch")
     cfg, args = parse_job_args(parser, argv)
+    from ..prechecks import check_job, storage_failure
+
+    check_job(cfg, "train")                  # writable locations, a validation split: before Ray or data
+    from ..data.manifest import DataError
+    from ..data.shards import prepare_shards
     from ..raycluster import connect_ray
     from ..train.launch import best_checkpoint, run_training
     from ..tune.checkpoints import checkpoint_location
+    from ..tune.launch import checked_datasets
+    from ..tune.watchdog import check_fits
 
     connect_ray(log_to_driver=True)          # the training loop's progress lines are the job's output
-    result = run_training(cfg, resume=not args.restart)
+    check_fits(cfg, with_trial=False)        # on a fixed cluster Ray Train would wait for workers forever
+    prepare_shards(cfg)
+    datasets = checked_datasets(cfg)         # too few rows for one step, no paired row: one line, not a traceback
+    try:
+        result = run_training(cfg, resume=not args.restart, datasets=datasets)
+    except Exception as exc:  # noqa: BLE001 - a storage fault becomes one line; anything else is re-raised
+        msg = storage_failure(exc, "train.storage_path", cfg.storage_path)
+        if msg is None:
+            raise
+        raise DataError(msg) from None
     best = best_checkpoint(result, cfg)
     print(json.dumps({k: v for k, v in result.metrics.items() if k.startswith(("epoch", "step", "val/", "train/loss"))}, indent=2))
     where = lambda p: checkpoint_location(p, cfg.storage_path)  # noqa: E731 - Ray drops s3:// / gs://

@@ -23,6 +23,9 @@ from ..cli import command_parser, parse_job_args
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = command_parser(__doc__, "tune_steps")
     cfg, _ = parse_job_args(parser, argv)
+    from ..prechecks import check_job
+
+    check_job(cfg, "tune_steps")             # writable locations, splits: before MLflow, Ray or data
     from .. import tracking
     from ..raycluster import connect_ray
     from ..tune.launch import run_study
@@ -30,7 +33,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg.tracking.enabled:
         tracking.connect(cfg)                # fail fast: before Ray, data or any trial
     connect_ray()
-    result = run_study(cfg)
+    from ..tune.nodes import NodeTimeline
+
+    with NodeTimeline() as nodes:            # on an autoscaling cluster: the nodes the trials brought up
+        result = run_study(cfg)
+    if nodes.on_cluster:
+        print(nodes.format())
     print()
     print(f"study folder:  {result.experiment_dir}")
     if result.best_config_path:

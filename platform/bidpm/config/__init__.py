@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -26,7 +27,7 @@ from .tune import SearchSpaceConfig, TuneConfig
 __all__ = [
     "Config", "ConfigError", "DataConfig", "EvaluationConfig", "MethodConfig", "ModelConfig", "PhantomConfig", "SearchSpaceConfig",
     "SplitConfig", "StudyConfig", "StudyMethod", "TrackingConfig", "TrainConfig", "TuneConfig", "apply_overrides", "config_from_dict",
-    "load_config", "paper_step_weights", "set_path",
+    "load_config", "metric_problem", "paper_step_weights", "set_path", "summary_keys",
 ]
 
 
@@ -57,6 +58,16 @@ class Config(Section):
                              "its generators and discriminators); set both or neither")
         if self.method.name == "cyclegan" and list(self.method.time_grid) != [0.0, 1.0]:
             raise ValueError(f"method.time_grid: CycleGAN is a one-step map; use [0.0, 1.0] (got {self.method.time_grid})")
+        if self.train.batch_size < 2 and self._mixed_batches():
+            raise ValueError(
+                f"train.batch_size={self.train.batch_size}: with data.pairing_ratio < 1 (or a study ratio < 1) every batch "
+                "mixes paired and unpaired rows, which needs at least 2 rows per worker; set train.batch_size >= 2")
+        for field, name, split in (("tune.metric", self.tune.metric, "val"),
+                                   ("train.checkpoint_score", self.train.checkpoint_score, "val"),
+                                   ("tracking.promote_metric", self.tracking.promote_metric, "test")):
+            problem = metric_problem(name, split)
+            if problem:
+                raise ValueError(f"{field}: {problem}")
         if self.model.kind in ("unet", "cyclegan"):
             f = 2 ** self.model.depth
             h, w = self.data.image_size
@@ -67,6 +78,10 @@ class Config(Section):
                     f"use sides divisible by {f} or fewer levels"
                 )
         return self
+
+    def _mixed_batches(self) -> bool:
+        """Will some run of this config train on batches of paired + unpaired rows?"""
+        return self.data.pairing_ratio < 1.0 or bool(self.study.methods and min(self.study.pairing_ratios) < 1.0)
 
     # --- paths -------------------------------------------------------------------------------
     def resolve_path(self, p: str) -> str:
@@ -113,15 +128,50 @@ class Config(Section):
         return out
 
 
+# What a training run reports (bidpm.train.loop: per epoch, rank 0 with its checkpoint) and what promotion
+# scores (the test split): ``<split>/<fwd|bwd>_<metric>_<mean|std>``, ``<split>/<metric>_mean`` (both
+# directions), ``<split>/images``; test scoring adds per-volume ``_vol_`` and SynthRAD ``_hu_`` keys. The same
+# schema as ``bidpm.evaluation.summary_keys`` (not imported: it pulls in torch; a unit test keeps them equal).
+METRIC_NAMES = ("ssim", "psnr", "mae")
+TRAIN_KEYS = ("epoch", "step")     # plus anything under train/ (loss components differ per method)
+
+
+def summary_keys(split: str) -> list[str]:
+    return ([f"{split}/{d}_{m}_{s}" for d in ("fwd", "bwd") for m in METRIC_NAMES for s in ("mean", "std")]
+            + [f"{split}/{m}_mean" for m in METRIC_NAMES] + [f"{split}/images"])
+
+
+def metric_problem(name: str, split: str) -> Optional[str]:
+    """Why no result will carry metric ``name`` (None when one will). ``split``: "val" for what trials and
+    checkpoints are ranked by, "test" for promotion. Checked at load: a name no trial reports was found
+    only after the first epoch (61 s into a quickstart), as a traceback."""
+    import difflib
+
+    if split == "val":
+        known = summary_keys("val") + list(TRAIN_KEYS)
+        if name in known or (name.startswith("train/") and len(name) > 6):
+            return None
+    else:
+        known = summary_keys("test")
+        vol = re.fullmatch(r"test/(fwd|bwd)_(vol|hu)_(ssim|psnr|mae)_(mean|std)", name)
+        if name in known or vol:
+            return None
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    return (f"{name!r} is not a metric that is reported ({'validation, every epoch' if split == 'val' else 'test split'}); "
+            f"use one of {close or known[:4]}" + (" ..." if not close else ""))
+
+
 def _format_validation(err: ValidationError, origin: str) -> str:
-    lines = [f"invalid config ({origin}):"]
+    """One line (a user error is one line on stderr): every wrong field with its rule, '; '-separated."""
+    parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo? see the section's fields in bidpm/config/)"
-        lines.append(f"  {loc or '<root>'}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict) else ""))
-    return "\n".join(lines)
+        got = e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict)
+        parts.append((f"{loc}: " if loc else "") + msg + (f" (got {e['input']!r})" if got else ""))
+    return f"invalid config ({origin}): " + "; ".join(parts)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -186,4 +236,5 @@ def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()
         origin += " + overrides " + " ".join(overrides)
     if not (raw.get("tracking") or {}).get("tracking_uri") and os.environ.get("MLFLOW_TRACKING_URI"):
         raw.setdefault("tracking", {})["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
+        origin += " + MLFLOW_TRACKING_URI from the environment"
     return config_from_dict(raw, origin)

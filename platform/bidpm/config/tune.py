@@ -91,4 +91,19 @@ class TuneConfig(Section):
     verbose: bool = Field(
         False, description="true: Ray Tune's own console output (status tables, per-trial config and result dumps); "
         "false: only a compact live table of the trials (bidpm.tune.progress)")
+    stall_timeout_s: Optional[float] = Field(
+        300.0, ge=5.0,
+        description="stop the study (with what it waited for and how to go on) when for this long no trial of it "
+        "computes and one waits for resources (Tune trial or Train worker group) that a cluster that cannot grow does "
+        "not have free: a leaked reservation or another job holds them (bidpm.tune.watchdog); null = wait forever")
+    report_timeout_s: Optional[float] = Field(
+        None, ge=5.0,
+        description="also stop when a trial whose workers run has reported nothing (no epoch) for this long, i.e. it "
+        "hangs; set it above the longest epoch + validation; null = no limit (the default: epochs may take hours)")
+    autoscaling: Optional[bool] = Field(
+        None,
+        description="true: the cluster adds nodes for waiting trials, so waiting for resources is right (the live "
+        "table says 'waiting for N GPUs') and stall_timeout_s does not stop it; false: a fixed cluster (a trial larger "
+        "than it is refused before it starts); null: a local Ray the job started is fixed, a cluster it joined "
+        "(RAY_ADDRESS, ray job submit) is taken to autoscale")
     space: SearchSpaceConfig = Field(default_factory=SearchSpaceConfig)

@@ -30,6 +30,7 @@ from .manifest import (
     CURRENT, MANIFEST, SCHEMA_VERSION, DataError, config_digest, content_digest, input_digest,
     input_root_location, pseudonym, read_manifest, redacted_data_config, version_base,
 )
+from ..config.data import SALT_ENV
 from .split import SPLITS, assign_splits
 from .readers import READ_COLUMNS, TRAIN_COLUMNS, read_shard_file, read_split  # noqa: F401 - re-exported
 from .volume import SliceSettings, VolumeError, slice_table, write_table
@@ -86,7 +87,27 @@ def _ensure_phantoms(cfg) -> None:
     if storage.is_uri(root):
         raise DataError(f"data.root={root}: phantoms are generated on a local path; fix: use a local data.root for layout=phantom")
     p = cfg.data.phantom
-    write_phantoms(root, p.num_subjects, p.shape, p.seed, p.layout, p.region)
+    try:
+        write_phantoms(root, p.num_subjects, p.shape, p.seed, p.layout, p.region)
+    except OSError as exc:
+        raise DataError(f"cannot write the phantom volumes to {root} ({exc.strerror or exc}); fix: free space there, or "
+                        f"set data.root (or output_dir) to a writable location") from None
+
+
+def _write_record(location: str, data: bytes, version_dir: str) -> None:
+    """The manifest / CURRENT pointer, atomically. A full or read-only location -> DataError naming it; a
+    failed manifest write also drops the version folder, whose shards are never read without a manifest
+    (and on a full disk their space is what the next attempt needs)."""
+    try:
+        storage.write_bytes_atomic(location, data)
+    except (OSError, pa.ArrowException) as exc:
+        if location.endswith(MANIFEST):
+            try:
+                storage.remove_tree(version_dir)
+            except (OSError, pa.ArrowException):
+                pass
+        raise DataError(f"cannot write {location} ({exc}); no manifest written, so no shard of this run is used; "
+                        f"fix: free space there or set data.shards_dir to a writable location, then rerun") from None
 
 
 def _ingest_group(item: dict, settings: SliceSettings, version_dir: str) -> list[dict]:
@@ -153,12 +174,7 @@ def prepare_shards(cfg) -> Path | str:
     src_mod, tgt_mod = d.modalities
     try:
         subjects = discover(d.reader_layout, root, src_mod, tgt_mod, d.reader_region)
-        assignment = assign_splits(
-            [s.subject for s in subjects], val_fraction=d.split.val_fraction, test_fraction=d.split.test_fraction,
-            seed=d.split.seed, train_subjects=d.split.train_subjects, val_subjects=d.split.val_subjects,
-            test_subjects=d.split.test_subjects,
-        )
-    except (LayoutError, ValueError) as exc:
+    except LayoutError as exc:
         raise DataError(str(exc)) from None
     base = version_base(cfg)
     version = input_digest(subjects)
@@ -171,13 +187,28 @@ def prepare_shards(cfg) -> Path | str:
         if m["skipped"] and not d.skip_bad:
             raise DataError(f"{manifest_loc} was built with data.skip_bad=true and skipped {len(m['skipped'])} subjects; "
                             "fix: set data.skip_bad=true to use it, or repair the inputs")
-        storage.write_bytes_atomic(storage.join(base, CURRENT), json.dumps({"version": version}).encode())
+        _write_record(storage.join(base, CURRENT), json.dumps({"version": version}).encode(), version_dir)
         return _as_return(manifest_loc)
 
-    storage.remove_tree(version_dir)  # an unfinished earlier run (no manifest): never trusted, never mixed
-    for split in SPLITS:
-        storage.make_dirs(storage.join(version_dir, split))
-    pseudonyms = {s.subject: pseudonym(s.subject, d.pseudonym_salt, d.pseudonymise) for s in subjects}
+    # A fresh ingest: only here are the salt and the explicit subject lists needed (a config rebuilt
+    # from a dump carries their digests only, enough to find existing shards above).
+    salt = d.ingest_secrets()
+    try:
+        assignment = assign_splits(
+            [s.subject for s in subjects], val_fraction=d.split.val_fraction, test_fraction=d.split.test_fraction,
+            seed=d.split.seed, train_subjects=d.split.train_subjects, val_subjects=d.split.val_subjects,
+            test_subjects=d.split.test_subjects,
+        )
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    try:
+        storage.remove_tree(version_dir)  # an unfinished earlier run (no manifest): never trusted, never mixed
+        for split in SPLITS:
+            storage.make_dirs(storage.join(version_dir, split))
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"cannot prepare {version_dir} ({exc}); fix: free space there or set data.shards_dir to a "
+                        f"writable location") from None
+    pseudonyms = {s.subject: pseudonym(s.subject, salt, d.pseudonymise) for s in subjects}
     if len(set(pseudonyms.values())) != len(set(pseudonyms)):
         raise DataError("two subject ids map to the same file name; fix: make ids unique after replacing characters outside [A-Za-z0-9._-], or set data.pseudonymise=true")
     tasks = [
@@ -197,7 +228,9 @@ def prepare_shards(cfg) -> Path | str:
     good = sorted((r for r in results if not r["kind"]), key=lambda r: r["file"])
     if not any(r["split"] == "train" for r in good):
         storage.remove_tree(version_dir)
-        raise DataError(f"no usable training subject in {root}; fix: repair the inputs (see the skipped list) or add subjects")
+        listed = (f"; {len(bad)} of {len(results)} subjects were skipped as bad:\n{_format_errors(bad)}\n"
+                  "fix: repair these inputs or add subjects") if bad else "; fix: add subjects or lower data.split fractions"
+        raise DataError(f"no usable training subject in {root}; no manifest written{listed}")
     files = [{"path": r["file"], "split": r["split"], "subject": r["pseudonym"], "rows": int(r["rows"]), "sha256": r["sha256"]} for r in good]
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -230,9 +263,45 @@ def prepare_shards(cfg) -> Path | str:
         ],
         "content_digest": content_digest(files),
     }
-    storage.write_bytes_atomic(manifest_loc, json.dumps(manifest, indent=1).encode())
-    storage.write_bytes_atomic(storage.join(base, CURRENT), json.dumps({"version": version}).encode())
+    _write_record(manifest_loc, json.dumps(manifest, indent=1).encode(), version_dir)
+    _write_record(storage.join(base, CURRENT), json.dumps({"version": version}).encode(), version_dir)
     return _as_return(manifest_loc)
+
+
+def skipped_report(cfg, manifest: dict) -> list[str]:
+    """Console lines for the manifest's skipped subjects, each with the ORIGINAL id and the file path.
+
+    The manifest keeps pseudonyms only (it travels with the shards); a user fixing inputs needs the id
+    and the file. Both come back here from the inputs (listed again: no volume is read) and the salt,
+    so they are printed for whoever runs the ingest and never written anywhere.
+    """
+    skipped = list(manifest.get("skipped") or [])
+    if not skipped:
+        return []
+    d = cfg.data
+    salt = d.known_salt() if d.pseudonymise else ""
+    by_name: dict[str, SubjectFiles] = {}
+    note = []
+    if salt is None:
+        note = [f"  (original ids and paths need the pseudonym salt: set ${SALT_ENV} as for the ingest)"]
+    else:
+        try:
+            src_mod, tgt_mod = d.modalities
+            found = discover(d.reader_layout, input_root_location(cfg), src_mod, tgt_mod, d.reader_region)
+        except (LayoutError, DataError, OSError) as exc:
+            found, note = [], [f"  (inputs not listable for original ids: {exc})"]
+        by_name = {pseudonym(s.subject, salt, d.pseudonymise): s for s in found}
+    lines = []
+    for e in skipped:
+        s = by_name.get(e["subject"])
+        if s is None:
+            where = f" file {e['location']}" if e.get("location") else ""
+            lines.append(f"  skipped {e['subject']}: {e['role']}{where}: {e['problem']} [{e['kind']}]")
+            continue
+        loc = s.problem.location if s.problem else (getattr(s, e["role"], None) or e.get("location") or "?")
+        lines.append(f"  skipped subject {s.subject} (pseudonym {e['subject']}): {e['role']} file {loc}: "
+                     f"{e['problem']} [{e['kind']}]")
+    return lines + note
 
 
 def _as_return(location: str) -> Path | str:

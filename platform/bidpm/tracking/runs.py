@@ -82,6 +82,10 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, stud
         client.log_text(run_id, cfg.to_yaml(), "config/resolved.yaml")
     else:
         client.update_run(run_id, status="RUNNING")
+        # the same values again (the trial's config is pickled with the study): completes a run whose driver
+        # died between creating it and logging them (a tracking outage, a kill)
+        log_params(client, run_id, config_params(cfg))
+        client.log_text(run_id, cfg.to_yaml(), "config/resolved.yaml")
     return run_id
 
 
@@ -92,3 +96,27 @@ def log_json(client: MlflowClient, run_id: str, obj: Any, artifact_file: str) ->
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
     for k, v in tags.items():
         client.set_tag(run_id, k, str(v))
+
+
+def end_open_children(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str,
+                      by_trial: Optional[Mapping[str, str]] = None) -> list[str]:
+    """End the child runs of ``parent_run_id`` still RUNNING: ``by_trial[trial id or run name]`` when
+    given, else ``status``. Why: a driver that stops (error, Ctrl+C, a killed predecessor) never got
+    Tune's on_trial_complete/error for the trials it was running. Returns the ended run ids."""
+    filt = f"tags.`{TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    ended = []
+    by = by_trial or {}
+    for r in client.search_runs([experiment_id], filter_string=filt, max_results=5000):
+        st = by.get(r.data.tags.get(TAG_TRIAL, ""), by.get(r.info.run_name or "", status))
+        client.set_terminated(r.info.run_id, status=st)
+        ended.append(r.info.run_id)
+    return ended
+
+
+def end_study_runs(client: MlflowClient, parent_run_id: str, status: str) -> None:
+    """A study that stops: its open trial runs and its parent run end with ``status`` (FAILED / KILLED).
+    The rerun of the same command takes them over again (``study_run`` / ``trial_run`` set RUNNING)."""
+    info = client.get_run(parent_run_id).info
+    end_open_children(client, info.experiment_id, parent_run_id, status)
+    if info.status == "RUNNING":                              # a finished study keeps its status
+        client.set_terminated(parent_run_id, status=status)

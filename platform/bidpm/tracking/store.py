@@ -22,6 +22,55 @@ class TrackingError(RuntimeError):
     """The tracking store or registry cannot be used as configured; the message says how to fix it."""
 
 
+class TrackingUnavailable(TrackingError):
+    """The tracking server stopped answering while a job ran (after MLflow's bounded retries).
+
+    The decision for an outage mid-study (issue 13, fault 9): stop at once, not buffer and catch up.
+    A study without its records is not one (the registry step needs the server too, and buffered
+    metrics would be lost with the driver); Tune's experiment state and the Train checkpoints are kept, so
+    the work lost is at most the current epoch of the running trials, and rerunning the same command once
+    the server is back resumes the study under the same MLflow parent and trial runs. The study run
+    cannot be marked while the server is down: the rerun takes it over (RUNNING again) and ends it.
+    The CLI exits 75 with the command to rerun."""
+
+
+# MLflow's HTTP client retries by these variables (mlflow.environment_variables); set from the config
+# here, once per connect, so no code reads them from the user's environment.
+_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "http_max_retries", "MLFLOW_HTTP_REQUEST_TIMEOUT": "http_timeout_s",
+             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "http_backoff_factor"}
+
+
+def bound_retries(cfg: Config) -> None:
+    """Bound MLflow's HTTP retries by ``tracking.http_*`` (its defaults block ~4 min per call on an outage)."""
+    import os
+
+    for env, field in _HTTP_ENV.items():
+        os.environ[env] = str(int(getattr(cfg.tracking, field)))      # MLflow parses them as int
+
+
+def unavailable(cfg: Config, exc: BaseException, doing: str) -> TrackingUnavailable:
+    """The error to raise when a tracking call failed mid-job: what failed, where, and what is kept."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return TrackingUnavailable(
+        f"the MLflow tracking server {cfg.mlflow_uri} stopped answering while {doing} ({first}); the study was stopped "
+        f"at once so no record is lost (finished trials and checkpoints are kept, the MLflow runs are resumed by the "
+        f"rerun); start the server again (or fix tracking.tracking_uri)")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Did a tracking call fail because the store could not be reached (vs. a bad request)?"""
+    import requests
+
+    if isinstance(exc, (requests.RequestException, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, MlflowException):
+        text = str(exc)
+        # rest_utils: "API request to <url> failed with exception <requests error>" (after the retries);
+        # "... failed with error code 503 != 200" for a proxy in front of a stopped server
+        return "failed with exception" in text or any(f"error code {c}" in text for c in (502, 503, 504))
+    return False
+
+
 def _check_http(uri: str, timeout_s: float) -> None:
     """GET <uri>/health: an ``mlflow server`` answers OK; a refused/timed-out socket fails in seconds
     (MLflow's own client retries for minutes, so this runs first)."""
@@ -50,10 +99,16 @@ def use_store(cfg: Config) -> str:
     """Point MLflow (tracking and registry) at ``cfg.mlflow_uri`` after checking a server answers;
     returns the URI. Creates nothing in the store (``connect`` also makes the experiment)."""
     uri = cfg.mlflow_uri
+    bound_retries(cfg)
     if uri.startswith(("http://", "https://")):
         _check_http(uri, cfg.tracking.connect_timeout_s)
     elif uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"tracking store {uri}: cannot create its folder {folder} ({exc.strerror or exc}); fix: "
+                                f"set output_dir (or tracking.tracking_uri) to a writable location") from None
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri

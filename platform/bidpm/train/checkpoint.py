@@ -18,6 +18,7 @@ The directory is what ``ray.train.report(checkpoint=Checkpoint.from_directory(di
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -140,5 +141,23 @@ def _atomic_write(final: Path, write) -> None:
     Not ``storage.write_bytes_atomic``: that needs the bytes in memory, and the state (model, EMA and
     Adam moments) is the largest thing a worker writes; ``torch.save`` streams it to the file."""
     tmp = final.with_name(final.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, final)
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    except (OSError, RuntimeError) as exc:   # full or read-only: no temp left, nothing under the real name
+        _discard(tmp)
+        if isinstance(exc, RuntimeError) and "write" not in str(exc):   # torch.save reports ENOSPC as RuntimeError
+            raise
+        raise OSError(getattr(exc, "errno", None) or errno.EIO,
+                      f"cannot write checkpoint file {final}: {getattr(exc, 'strerror', None) or exc}; free space "
+                      f"there or choose another location") from exc
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -4,21 +4,109 @@ Driver side on purpose: trials run in actors that may sit on nodes without acces
 tracking store's credentials, and results already arrive at the driver. Holds only plain state
 (config dict, URIs, run ids), so Tune can pickle it into the experiment checkpoint and a restored
 study keeps writing to the same parent and child runs.
+
+A tracking server that stops answering (after MLflow's retries, bounded by ``tracking.http_*``)
+raises ``TrackingUnavailable`` out of the hook: Tune stops the trials and ``tuner.fit`` raises, so the
+study stops at once with the command that resumes it (the decision and its reasons:
+``bidpm.tracking.store.TrackingUnavailable``). What that hook had still to write (the epoch's metrics,
+the trial's end) goes to a small journal beside the study (``JOURNAL_FILE``) that the rerun replays
+before any trial continues (``replay_journal``), so no record is lost; a resumed trial never logs an
+epoch its run already holds, so none is duplicated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ray.tune import Callback
 
 from .. import tracking
 from ..config import config_from_dict
+from ..data import storage
 from ..data.manifest import manifest_digest
 from ..objective import Objective
 from .checkpoints import checkpoint_location, local_checkpoint
 from .space import overrides_of, trial_config
+
+
+JOURNAL_FILE = "tracking_journal.jsonl"
+
+
+def _numeric(metrics: dict) -> dict[str, float]:
+    """What ``log_metrics`` keeps (finite numbers), as plain floats (journal lines are JSON)."""
+    import math
+
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+
+
+def log_checkpoint_files(client: Any, run_id: str, location: str, log_checkpoints: bool, trial_id: str) -> None:
+    """The best epoch's checkpoint folder (``log_checkpoints``) and its sample grid PNG; a warning (never
+    a silent skip) when it cannot be read from the driver. Object-store checkpoints are downloaded to a
+    temporary folder first (MLflow logs local files only)."""
+    try:
+        with local_checkpoint(location) as folder:
+            if log_checkpoints:
+                client.log_artifacts(run_id, str(folder), "best_checkpoint")
+            for png in sorted(folder.glob("*.png")):
+                client.log_artifact(run_id, str(png), "sample_grid")
+    except OSError as exc:                 # FileNotFoundError, pyarrow I/O errors
+        if tracking.is_outage(exc):        # requests' errors are OSErrors too: the server is gone, not the file
+            raise
+        print(f"warning: trial {trial_id}: best checkpoint not logged to MLflow run {run_id}: {exc}", file=sys.stderr)
+
+
+def apply_op(client: Any, op: dict[str, Any]) -> None:
+    """One tracking write, as the callback and the journal describe it."""
+    kind, run_id = op["op"], op["run"]
+    if kind == "metrics":
+        tracking.log_metrics(client, run_id, op["metrics"], int(op["step"]))
+    elif kind == "tag":
+        client.set_tag(run_id, op["key"], op["value"])
+    elif kind == "checkpoint":
+        log_checkpoint_files(client, run_id, op["location"], bool(op["log_checkpoints"]), op["trial"])
+    elif kind == "status":
+        client.set_terminated(run_id, status=op["status"])
+    else:
+        raise ValueError(f"unknown journal entry {op!r}")
+
+
+def _read_journal(location: str) -> list[dict[str, Any]]:
+    import json
+
+    if not storage.is_file(location):
+        return []
+    return [json.loads(line) for line in storage.read_bytes(location).decode().splitlines() if line.strip()]
+
+
+def _write_journal(location: str, ops: list[dict[str, Any]]) -> None:
+    import json
+
+    if ops:
+        storage.write_bytes_atomic(location, "".join(json.dumps(op) + "\n" for op in ops).encode())
+    elif storage.is_file(location):
+        fs, path = storage.resolve(location)
+        fs.delete_file(path)
+
+
+def replay_journal(client: Any, location: str, cfg: Any, print_fn=print) -> int:
+    """Apply what an outage left unwritten (oldest first), dropping each entry once written; returns how
+    many. Called by the next driver after it connected, before any trial continues."""
+    ops = _read_journal(location)
+    for i, op in enumerate(ops):
+        try:
+            apply_op(client, op)
+        except Exception as exc:  # noqa: BLE001 - an outage again: keep the rest for the next rerun
+            _write_journal(location, ops[i:])
+            if tracking.is_outage(exc):
+                raise tracking.unavailable(cfg, exc, "writing what the last outage left unwritten") from None
+            raise
+    if ops:
+        _write_journal(location, [])
+        print_fn(f"tracking: wrote {len(ops)} record(s) the last run could not (tracking server outage)")
+    return len(ops)
 
 
 class MLflowTrialCallback(Callback):
@@ -26,25 +114,29 @@ class MLflowTrialCallback(Callback):
     metrics; on_trial_complete/error: the trial's best checkpoint + its sample grid, run status."""
 
     def __init__(self, base_cfg: dict[str, Any], experiment_id: str, parent_run_id: str, tags: dict[str, str],
-                 manifest: dict[str, Any]) -> None:
+                 manifest: dict[str, Any], journal: Optional[str] = None) -> None:
         self.base_cfg = base_cfg
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.tags = tags
         self.manifest = {"content_digest": manifest_digest(manifest)}   # all log_dataset needs (small pickle)
+        self.journal = journal                               # where an outage leaves what it could not write
         self.runs: dict[str, str] = {}                       # trial_id -> MLflow run id
         self.best: dict[str, tuple[float, Optional[str]]] = {}   # trial_id -> (objective, checkpoint path)
         # best epoch by Objective.best over the reported results in order (what tune.summary does too)
         self._client: Any = None
         self._cfg: Any = None
+        self._logged: dict[str, set[int]] = {}               # resumed trials: epochs their run already holds
 
     # Tune pickles callbacks into the experiment state: keep the client and the parsed config out of it.
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_cfg")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_cfg", "_logged")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("journal", None)                    # pickled before the journal existed
         self.__dict__.update(state)
         self._client = self._cfg = None
+        self._logged = {}
 
     def get_state(self) -> Optional[dict]:
         return {"runs": dict(self.runs), "best": dict(self.best)}
@@ -63,14 +155,53 @@ class MLflowTrialCallback(Callback):
     @property
     def client(self):
         if self._client is None:
-            self._client, _ = tracking.connect(self.cfg)
+            with self._guard("connecting"):
+                try:
+                    self._client, _ = tracking.connect(self.cfg)
+                except tracking.TrackingError as exc:       # down when this driver first writes: an outage too
+                    raise tracking.unavailable(self.cfg, exc, "connecting") from None
         return self._client
+
+    @contextlib.contextmanager
+    def _guard(self, doing: str) -> Iterator[None]:
+        """An unreachable server -> ``TrackingUnavailable`` (stops the study); other errors unchanged."""
+        try:
+            yield
+        except tracking.TrackingUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified here, re-raised unless an outage
+            if tracking.is_outage(exc):
+                raise tracking.unavailable(self.cfg, exc, doing) from None
+            raise
+
+    def _submit(self, ops: list[dict[str, Any]], doing: str) -> None:
+        """Apply ``ops`` in order; on an outage, journal the ones not written and stop the study."""
+        for i, op in enumerate(ops):
+            try:
+                with self._guard(doing):
+                    apply_op(self.client, op)
+            except tracking.TrackingUnavailable:
+                self._keep(ops[i:])
+                raise
+
+    def _keep(self, ops: list[dict[str, Any]]) -> None:
+        if not self.journal:
+            return
+        try:
+            _write_journal(self.journal, _read_journal(self.journal) + ops)
+        except Exception as exc:  # noqa: BLE001 - the outage is what the user must hear about
+            print(f"warning: could not keep {len(ops)} unwritten tracking record(s) in {self.journal}: {exc}",
+                  file=sys.stderr)
 
     def trial_cfg(self, trial: Any):
         """The Config a trial trains (a study of cells overrides this)."""
         return trial_config(self.cfg, overrides_of(trial.config))
 
     def _run_id(self, trial: Any) -> str:
+        with self._guard(f"recording trial {trial.trial_id}"):
+            return self._open_run(trial)
+
+    def _open_run(self, trial: Any) -> str:
         if trial.trial_id not in self.runs:
             cfg = self.trial_cfg(trial)                                     # exactly what the trial trains
             run_id = tracking.trial_run(self.client, self.experiment_id, self.parent_run_id, cfg.tune.experiment_name,
@@ -80,12 +211,20 @@ class MLflowTrialCallback(Callback):
         return self.runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._run_id(trial)
+        run_id = self._run_id(trial)
+        with self._guard(f"resuming the run of trial {trial.trial_id}"):
+            # a resumed trial: its run may have been ended (FAILED/KILLED) when the last driver stopped, and holds
+            # the epochs logged before; a resumed Train run may report one of them again
+            self.client.update_run(run_id, status="RUNNING")
+            self._logged[trial.trial_id] = {int(m.step) for m in self.client.get_metric_history(run_id, "epoch")}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self._run_id(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        tracking.log_metrics(self.client, run_id, {k: v for k, v in result.items() if "/" in k or k == "epoch"}, step)
+        if step not in self._logged.get(trial.trial_id, ()):
+            self._submit([{"op": "metrics", "run": run_id, "step": step,
+                           "metrics": _numeric({k: v for k, v in result.items() if "/" in k or k == "epoch"})}],
+                         f"logging the metrics of trial {trial.trial_id}")
         objective = Objective.of_tune(self.cfg)
         old = self.best.get(trial.trial_id)
         value = result.get(objective.metric)
@@ -95,31 +234,19 @@ class MLflowTrialCallback(Callback):
     def _finish(self, trial: Any, status: str) -> None:
         run_id = self._run_id(trial)
         best = self.best.get(trial.trial_id)
+        ops: list[dict[str, Any]] = []
         if best is not None:
-            self.client.set_tag(run_id, "bidpm.best_objective", f"{best[0]:.6f}")
-            self.client.set_tag(run_id, "bidpm.best_checkpoint", str(best[1]))
-            self._log_checkpoint(run_id, trial, best[1])
-        self.client.set_terminated(run_id, status=status)
-
-    def _log_checkpoint(self, run_id: str, trial: Any, path: Optional[str]) -> None:
-        """The best epoch's checkpoint folder and its sample grid PNG; a warning (never a silent skip)
-        when there is none or it cannot be read from the driver. Object-store checkpoints are
-        downloaded to a temporary folder first (MLflow logs local files only)."""
-        cfg = self.cfg
-        if not path:
-            print(f"warning: trial {trial.trial_id}: its best epoch by {cfg.tune.metric} reported no checkpoint; "
-                  f"nothing logged to MLflow run {run_id}", file=sys.stderr)
-            return
-        location = checkpoint_location(path, cfg.storage_path)
-        try:
-            with local_checkpoint(location) as folder:
-                if cfg.tracking.log_checkpoints:
-                    self.client.log_artifacts(run_id, str(folder), "best_checkpoint")
-                for png in sorted(folder.glob("*.png")):
-                    self.client.log_artifact(run_id, str(png), "sample_grid")
-        except OSError as exc:                 # FileNotFoundError, pyarrow I/O errors
-            print(f"warning: trial {trial.trial_id}: best checkpoint not logged to MLflow run {run_id}: {exc}",
-                  file=sys.stderr)
+            ops += [{"op": "tag", "run": run_id, "key": "bidpm.best_objective", "value": f"{best[0]:.6f}"},
+                    {"op": "tag", "run": run_id, "key": "bidpm.best_checkpoint", "value": str(best[1])}]
+            if not best[1]:
+                print(f"warning: trial {trial.trial_id}: its best epoch by {self.cfg.tune.metric} reported no checkpoint; "
+                      f"nothing logged to MLflow run {run_id}", file=sys.stderr)
+            else:
+                ops.append({"op": "checkpoint", "run": run_id, "trial": trial.trial_id,
+                            "location": checkpoint_location(best[1], self.cfg.storage_path),
+                            "log_checkpoints": self.cfg.tracking.log_checkpoints})
+        ops.append({"op": "status", "run": run_id, "status": status})
+        self._submit(ops, f"ending the run of trial {trial.trial_id}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "FINISHED")

@@ -16,6 +16,12 @@ store (``s3://``, ``gs://``) is recognised as finished too.
 Checkpoints: each trial's Train run ranks its checkpoints for retention by ``tune.metric`` (see
 ``space.trial_config``), so the epoch Tune calls best still has its checkpoint; the driver rebuilds
 its object-store URI and downloads it before MLflow logs it (``checkpoints``).
+
+Faults: what can be checked is checked before any MLflow run is opened (a trial larger than the
+cluster, too few rows for one step); after that every exit path ends the study's MLflow runs - FINISHED,
+FAILED (an error), KILLED (Ctrl+C, SIGTERM, a stalled study) - except during a tracking outage, when
+the rerun takes the runs over. A stalled study (``watchdog``) and an outage stop with exit 75 and the
+command that resumes; Ctrl+C (Tune's graceful stop) is not mistaken for a finished study.
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ from .. import tracking
 from ..config import Config, config_from_dict
 from ..data import storage
 from ..data.manifest import manifest_digest
-from .callback import MLflowTrialCallback
+from .callback import JOURNAL_FILE, MLflowTrialCallback, replay_journal
 from .checkpoints import checkpoint_location, local_checkpoint
 from .progress import progress_settings
 from .space import apply_to, define_by_run, overrides_of, trial_config
 from .summary import best_row, format_table, plot_summary, trial_row
+from .watchdog import StallWatchdog, StudyStalled, check_fits, trial_request
 
 STUDY_FILE = "study.json"
 BEST_CONFIG_FILE = "best_config.yaml"
@@ -60,6 +67,60 @@ class StudyResult:
 
     def table(self) -> str:
         return format_table(self.rows, self.best_trial)
+
+
+class StudyFailed(RuntimeError):
+    """The study ran but produced nothing usable (every trial failed); the message says where the errors are."""
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Tune stopped on a signal (Ctrl+C, SIGUSR1) with trials unfinished; its state is saved for the rerun."""
+
+
+def interrupted(results: Any, expected: int) -> bool:
+    """Did ``tuner.fit`` return with trials unfinished (Tune's graceful stop on a signal)?"""
+    return results.num_terminated + results.num_errors < max(len(results), expected)
+
+
+def end_runs(client: Any, parent: Optional[str], exc: BaseException, print_fn=print) -> None:
+    """A study that stops on ``exc``: end its open MLflow runs (KILLED for signals and stalls, else
+    FAILED). Not during a tracking outage (the server cannot be told; the rerun takes the runs over),
+    and never masking ``exc``."""
+    if client is None or parent is None:
+        return
+    if isinstance(exc, tracking.TrackingUnavailable) or tracking.is_outage(exc):
+        print_fn(f"note: MLflow run {parent} of this study stays RUNNING until the rerun takes it over")
+        return
+    status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit, StudyStalled)) else "FAILED"
+    try:
+        tracking.end_study_runs(client, parent, status)
+    except Exception as end_exc:  # noqa: BLE001 - the original error is what the user needs
+        print_fn(f"note: could not mark MLflow run {parent} {status} ({str(end_exc).splitlines()[0][:200]}); "
+                 f"the rerun takes it over")
+
+
+def checked_datasets(cfg: Config) -> dict[str, Any]:
+    """``build_datasets`` + the step-count check, once in the driver before any MLflow run: every trial
+    would fail on them. Their ValueErrors (no paired row at this ratio, too few rows per worker for one
+    step) are the user's to fix, so they come out as ConfigError (one line, exit 2)."""
+    from ..config import ConfigError
+    from ..train import build_datasets
+    from ..train.launch import _check_steps
+
+    try:
+        datasets = build_datasets(cfg)
+        _check_steps(cfg, datasets)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from None
+    return datasets
+
+
+def watchdog_for(cfg: Config, study: str, run_name: str = "trial") -> StallWatchdog:
+    """The stall watchdog of a study of ``cfg`` (``tune.stall_timeout_s`` / ``report_timeout_s`` / ``autoscaling``)."""
+    t = cfg.tune
+    return StallWatchdog(study, trial_request(cfg), t.stall_timeout_s, t.report_timeout_s, t.autoscaling, run_name=run_name)
 
 
 def experiment_dir(cfg: Config) -> str:
@@ -129,14 +190,16 @@ def run_study(cfg: Config, *, print_fn=print) -> StudyResult:
     """The whole study: fail-fast checks, Tune, MLflow runs, best config, registry promotion.
 
     Needs a connected Ray; builds the shards on first use (``prepare_shards``, idempotent). Order:
-    tracking store reachable and registry name compatible (before any trial); finished study -> report
-    and return; then trials.
+    tracking store reachable and registry name compatible, a trial fits the cluster (before any trial);
+    finished study -> report and return; datasets and their step count (before any MLflow run); then
+    the parent run and the trials. Every exit after the parent run opens ends it (``end_runs``).
     """
     client = exp_id = None
     if cfg.tracking.enabled:
         client, exp_id = tracking.connect(cfg)
         if cfg.tracking.register_best:
             tracking.check_registry(client, cfg)
+    check_fits(cfg)                                 # on a fixed cluster Ray Train would wait for it forever
     from ..data.manifest import load_manifest
     from ..data.shards import prepare_shards
 
@@ -154,26 +217,48 @@ def run_study(cfg: Config, *, print_fn=print) -> StudyResult:
         print_fn(f"tune.resume=false: deleting the previous study folder {exp_dir}")
         storage.remove_tree(exp_dir)
 
+    datasets = checked_datasets(cfg)                # one read (materialised) shared by every trial
     parent = None
-    callbacks: list[Any] = []
-    if client is not None:
-        tags = {"bidpm.git_commit": tracking.git_commit(cfg), "bidpm.ray_job_id": tracking.ray_job_id(),
-                "bidpm.manifest_digest": manifest_digest(manifest)}
-        if not cfg.tune.resume:
-            prior = tracking.find_run(client, exp_id, {tracking.TAG_STUDY: cfg.tune.experiment_name, tracking.TAG_ROLE: "study"})
-            if prior:
-                client.set_tag(prior, tracking.TAG_STUDY, cfg.tune.experiment_name + "@replaced")
-        parent, resumed = tracking.study_run(client, exp_id, cfg, tags)
-        if not resumed:
-            tracking.log_dataset(client, parent, cfg, manifest)
-        callbacks.append(MLflowTrialCallback(cfg.to_dict(), exp_id, parent, tags, manifest))
+    try:
+        callbacks: list[Any] = []
+        if client is not None:
+            tags = {"bidpm.git_commit": tracking.git_commit(cfg), "bidpm.ray_job_id": tracking.ray_job_id(),
+                    "bidpm.manifest_digest": manifest_digest(manifest)}
+            if not cfg.tune.resume:
+                prior = tracking.find_run(client, exp_id, {tracking.TAG_STUDY: cfg.tune.experiment_name, tracking.TAG_ROLE: "study"})
+                if prior:
+                    client.set_tag(prior, tracking.TAG_STUDY, cfg.tune.experiment_name + "@replaced")
+                    tracking.end_study_runs(client, prior, "KILLED")      # replaced: nothing will resume it
+            parent, resumed = tracking.study_run(client, exp_id, cfg, tags)
+            if not resumed:
+                tracking.log_dataset(client, parent, cfg, manifest)
+            journal = storage.join(exp_dir, JOURNAL_FILE)
+            replay_journal(client, journal, cfg, print_fn)           # what an outage left unwritten, first
+            callbacks.append(MLflowTrialCallback(cfg.to_dict(), exp_id, parent, tags, manifest, journal=journal))
+        out, best_cfg, best = _fit(cfg, exp_dir, datasets, callbacks, print_fn)
+        out.parent_run_id = parent
+        if client is not None:
+            # a trial whose end the callback never recorded (its driver died first) is ended as Tune saw it
+            tracking.end_open_children(client, exp_id, parent, "KILLED",
+                                       {r["trial"]: "FAILED" if r["status"] == "error" else "FINISHED" for r in out.rows})
+            _track_study(client, cfg, best_cfg, parent, out.rows, best, out, print_fn)
+        _write_text(storage.join(exp_dir, STUDY_FILE),
+                    json.dumps({k: v for k, v in out.__dict__.items() if k != "reused"}, indent=1, default=str))
+        return out
+    except BaseException as exc:
+        end_runs(client, parent, exc, print_fn)
+        if not isinstance(exc, tracking.TrackingUnavailable) and tracking.is_outage(exc):
+            raise tracking.unavailable(cfg, exc, "the summary / registry step") from exc
+        raise
 
-    from ..train import build_datasets
 
-    datasets = build_datasets(cfg)                  # one read (materialised) shared by every trial
+def _fit(cfg: Config, exp_dir: str, datasets: Any, callbacks: list[Any], print_fn) -> tuple[StudyResult, Config, dict[str, Any]]:
+    """Tune (new or restored), the table of trials, the best trial and its config file.
+    Returns (result, best trial's config, best row)."""
     trainable = tune.with_resources(tune.with_parameters(_trial, base_cfg=cfg.to_dict(), datasets=datasets),
                                     {"cpu": cfg.tune.trial_cpus})
     if cfg.tune.resume and Tuner.can_restore(exp_dir):
+        # RunConfig (callbacks, watchdog, reporter) comes back from the experiment's pickle
         print_fn(f"restoring study {cfg.tune.experiment_name!r} from {exp_dir}: finished trials kept, unfinished resumed")
         tuner = Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -184,17 +269,26 @@ def run_study(cfg: Config, *, print_fn=print) -> StudyResult:
                                    max_concurrent_trials=cfg.tune.max_concurrent_trials,
                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=RunConfig(name=cfg.tune.experiment_name, storage_path=cfg.storage_path,
-                                 **progress_settings(cfg, callbacks)),
+                                 **progress_settings(cfg, callbacks, watchdog=watchdog_for(cfg, cfg.tune.experiment_name))),
         )
     results = tuner.fit()
+    if interrupted(results, cfg.tune.num_samples):
+        raise StudyInterrupted(f"study {cfg.tune.experiment_name!r} stopped with trials unfinished (state saved in {exp_dir})")
 
     rows = _rows(results, cfg)
     best = best_row(rows, cfg.tune.mode)
-    out = StudyResult(exp_dir, rows, best["trial"] if best else None, None, parent, None, None)
+    out = StudyResult(exp_dir, rows, best["trial"] if best else None, None, None, None, None)
     print_fn(out.table())
     if best is None:
-        raise RuntimeError(f"no trial of {cfg.tune.experiment_name!r} reported {cfg.tune.metric} with a checkpoint; "
-                           f"see the trial logs under {exp_dir}")
+        from ..data.manifest import DataError
+        from ..prechecks import storage_failure
+
+        for err in results.errors:             # every trial failed: a full / read-only storage path says so
+            msg = storage_failure(err, "train.storage_path", cfg.storage_path)
+            if msg:
+                raise DataError(f"every trial failed: {msg}")
+        raise StudyFailed(f"no trial of {cfg.tune.experiment_name!r} reported {cfg.tune.metric} with a checkpoint; "
+                          f"see the trials' error.txt under {exp_dir}")
     best_cfg = apply_to(cfg, best["overrides"])
     best_cfg.train.run_name = f"{cfg.tune.experiment_name}-best"
     path = storage.join(exp_dir, BEST_CONFIG_FILE)
@@ -204,12 +298,7 @@ def run_study(cfg: Config, *, print_fn=print) -> StudyResult:
                       f"({cfg.tune.metric} = {best['objective']:.4f})\n# retrain: {retrain}\n" + best_cfg.to_yaml())
     out.best_config_path = path
     print_fn(f"best trial {best['trial']}: {cfg.tune.metric} = {best['objective']:.4f}; config: {path}")
-
-    if client is not None:
-        _track_study(client, cfg, best_cfg, parent, rows, best, out, print_fn)
-    _write_text(storage.join(exp_dir, STUDY_FILE),
-                json.dumps({k: v for k, v in out.__dict__.items() if k != "reused"}, indent=1, default=str))
-    return out
+    return out, best_cfg, best
 
 
 def _track_study(client: Any, cfg: Config, best_cfg: Config, parent: str, rows: list[dict[str, Any]],

@@ -26,6 +26,8 @@ def _num(v: Any) -> str:
 def _status(info: Mapping[str, Any], epochs: Optional[int], max_epochs: Optional[int]) -> str:
     """TERMINATED -> finished / stopped (ASHA stopped it before ``max_epochs``) / done (unknown)."""
     s = str(info.get("status", "PENDING"))
+    if s in ("RUNNING", "PENDING") and info.get("note"):
+        return str(info["note"])               # e.g. "waiting for 1 GPU" (bidpm.tune.watchdog)
     if s != "TERMINATED":
         return _STATUS.get(s, s.lower())
     if max_epochs is None:
@@ -79,15 +81,15 @@ def format_progress(trials: Sequence[Mapping[str, Any]], total: Optional[int] = 
     return "\n".join(out + [count_line(trials, total)])
 
 
-def trial_info(trial: Any) -> dict[str, Any]:
-    """Plain dict of a ``ray.tune.experiment.Trial``.
+def trial_info(trial: Any, notes: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+    """Plain dict of a ``ray.tune.experiment.Trial``; ``notes``: trial id -> what it waits for.
 
     Reads ``run_metadata.last_result``, not ``Trial.last_result``: that property may ``ray.get`` the
     actor's default result and so block Tune's loop while a trial actor waits for resources.
     """
     meta = getattr(trial, "run_metadata", None)
     return {"trial": trial.trial_id, "status": trial.status, "config": dict(trial.config or {}),
-            "result": dict(getattr(meta, "last_result", None) or {})}
+            "result": dict(getattr(meta, "last_result", None) or {}), "note": (notes or {}).get(trial.trial_id)}
 
 
 def _print(text: str) -> None:
@@ -108,9 +110,10 @@ class BidpmReporter(Callback):
 
     def __init__(self, interval_s: float = 60.0, print_fn: Optional[Callable[[str], Any]] = None,
                  clock: Callable[[], float] = time.monotonic, max_rows: int = 20, max_epochs: Optional[int] = None,
-                 total: Optional[int] = None) -> None:
+                 total: Optional[int] = None, watchdog: Any = None) -> None:
         self.interval_s, self.print_fn, self.clock = interval_s, print_fn, clock
         self.max_rows, self.max_epochs, self.total = max_rows, max_epochs, total
+        self.watchdog = watchdog                 # a StallWatchdog: its ``notes`` say what trials wait for
         self._reset()
 
     def _reset(self) -> None:
@@ -126,7 +129,8 @@ class BidpmReporter(Callback):
 
     def update(self, trials: Sequence[Mapping[str, Any]], done: bool = False) -> bool:
         """Decide and print; True when it printed. ``trials``: ``trial_info`` dicts."""
-        statuses = tuple((t.get("trial"), t.get("status")) for t in trials if t.get("status") != "PENDING")
+        statuses = tuple((t.get("trial"), t.get("status"), t.get("note")) for t in trials
+                         if t.get("status") != "PENDING" or t.get("note"))
         changed, now = statuses != self._statuses, self.clock()
         if not trials or not (changed or done or now - self._last_time >= self.interval_s):
             return False
@@ -138,15 +142,19 @@ class BidpmReporter(Callback):
         self._last_text, self._last_time = text, now
         return True
 
+    def _notes(self) -> Optional[Mapping[str, str]]:
+        return getattr(self.watchdog, "notes", None)
+
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        self.update([trial_info(t) for t in trials])
+        self.update([trial_info(t, self._notes()) for t in trials])
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.update([trial_info(t) for t in trials], done=True)
 
 
 def progress_settings(cfg: Any, callbacks: Optional[Sequence[Callback]] = None,
-                      print_fn: Optional[Callable[[str], Any]] = None, interval_s: float = 60.0) -> dict[str, Any]:
+                      print_fn: Optional[Callable[[str], Any]] = None, interval_s: float = 60.0,
+                      watchdog: Any = None) -> dict[str, Any]:
     """RunConfig kwargs: ``RunConfig(name=..., storage_path=..., **progress_settings(cfg, callbacks))``.
 
     ``cfg.tune.verbose`` true: ``verbose=1`` (Ray's own output, as before). False: ``verbose=0`` and a
@@ -156,13 +164,15 @@ def progress_settings(cfg: Any, callbacks: Optional[Sequence[Callback]] = None,
     calls one, at ``verbose >= 1``. ``verbose=0`` silences the new engine's heartbeat tables and
     per-trial config/result dumps, while callbacks still run. 60 s default: epochs take minutes, and
     status changes print at once anyway. ``Tuner.restore`` reuses the pickled RunConfig (so
-    the first launch's choice sticks; the reporter must be picklable).
+    the first launch's choice sticks; the reporter must be picklable). ``watchdog`` (a
+    ``bidpm.tune.watchdog.StallWatchdog``) is added to the callbacks; the table shows what its waiting
+    trials wait for ("waiting for 2 GPUs").
     """
-    cbs = list(callbacks or [])
+    cbs = list(callbacks or []) + ([watchdog] if watchdog is not None else [])
     if cfg.tune.verbose:
         return {"verbose": 1, "callbacks": cbs}
     reporter = BidpmReporter(interval_s=interval_s, print_fn=print_fn, max_epochs=cfg.train.epochs,
-                             total=cfg.tune.num_samples)
+                             total=cfg.tune.num_samples, watchdog=watchdog)
     return {"verbose": 0, "callbacks": cbs + [reporter]}
 
 

@@ -11,7 +11,9 @@ evaluation, ``bidpm.evaluation``), so cells run in parallel across the cluster.
   interrupted ones continue from their Train checkpoints. A cell's scores are written to
   ``cells/<id>.json`` (atomically) before it reports; a cell whose file exists is never retrained. A
   study folder made for another spec (``cells.spec_digest``) is refused.
-- Tracking: one MLflow parent run (role ``study-grid``), a child run per cell (``StudyCellCallback``).
+- Tracking: one MLflow parent run (role ``study-grid``), a child run per cell (``StudyCellCallback``);
+  every exit ends them (``launch.end_runs``; the report step in ``commands.study``), a stall stops the
+  study (``watchdog``), and Ctrl+C is not mistaken for failed cells to retry.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from ray.tune import RunConfig, TuneConfig, Tuner
 from .. import tracking
 from ..config import Config, ConfigError, config_from_dict
 from ..data import storage
-from .callback import MLflowTrialCallback
+from .callback import JOURNAL_FILE, MLflowTrialCallback, replay_journal
+from .launch import StudyInterrupted, end_runs, interrupted, watchdog_for
 from .progress import CellProgress
+from .watchdog import check_fits
 from .cells import Cell, cell_config, cell_grids, check_cells, expand_cells, fid_wanted, spec_digest
 
 SPEC_FILE, CELLS_DIR = "study_spec.json", "cells"
@@ -108,6 +112,7 @@ def _cell_trial(config: dict[str, Any], base_cfg: dict[str, Any]) -> None:
 
     # the scoring task asks for one Train worker's resources OUTSIDE the trial's own small reservation
     res = {"num_cpus": tc.cpus_per_worker, **({"num_gpus": tc.gpus_per_worker} if tc.use_gpu else {}),
+           **({"resources": tc.custom_resources()} if tc.custom_resources() else {}),
            "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None)}
     scores = ray.get(ray.remote(score_cell).options(**res).remote(
         checkpoint_location(ck.path, ccfg.storage_path), ccfg.to_dict(), cell.as_dict(), fid_wanted(cfg)))
@@ -146,6 +151,7 @@ def concurrency(cfg: Config) -> int:
     fits = [have.get("CPU", 1.0) / (tc.num_workers * tc.cpus_per_worker + cfg.tune.trial_cpus)]
     if tc.use_gpu:
         fits.append(have.get("GPU", 0.0) / (tc.num_workers * tc.gpus_per_worker))
+    fits += [have.get(k, 0.0) / (tc.num_workers * v) for k, v in tc.custom_resources().items() if v > 0]
     return max(1, int(math.floor(min(fits) + 1e-9)))
 
 
@@ -173,44 +179,59 @@ def run_grid(cfg: Config) -> dict[str, Any]:
     client = exp_id = parent = None
     if cfg.tracking.enabled:
         client, exp_id = tracking.connect(cfg)
+    check_fits(cfg)                      # a cell larger than a fixed cluster would wait forever
     prepare_shards(cfg)
     manifest = load_manifest(cfg)
     check_cells(cfg, cells, manifest)
     check_spec(cfg)
     callbacks: list[Any] = [CellProgress(len(cells))]
-    if client is not None:
-        scfg = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"experiment_name": cfg.study.name})})
-        tags = {"bidpm.git_commit": tracking.git_commit(cfg), "bidpm.ray_job_id": tracking.ray_job_id(),
-                "bidpm.manifest_digest": manifest_digest(manifest), "bidpm.kind": "study-grid"}
-        parent, resumed = tracking.study_run(client, exp_id, scfg, tags)
-        if not resumed:
-            tracking.log_dataset(client, parent, cfg, manifest)
-        callbacks.insert(0, StudyCellCallback(scfg.to_dict(), exp_id, parent, tags, manifest))
     where = study_dir(cfg)
-    trainable = tune.with_resources(tune.with_parameters(_cell_trial, base_cfg=cfg.to_dict()), {"cpu": cfg.tune.trial_cpus})
-    print(f"study {cfg.study.name!r}: {len(cells)} cells ({len(cfg.study.methods)} methods x "
-          f"{len(cfg.study.pairing_ratios)} ratios x {len(cfg.study.seeds)} seeds x {len(cfg.study.train_fractions)} "
-          f"fractions), up to {concurrency(cfg)} at once; folder {where}", flush=True)
     try:
+        if client is not None:
+            scfg = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"experiment_name": cfg.study.name})})
+            tags = {"bidpm.git_commit": tracking.git_commit(cfg), "bidpm.ray_job_id": tracking.ray_job_id(),
+                    "bidpm.manifest_digest": manifest_digest(manifest), "bidpm.kind": "study-grid"}
+            parent, resumed = tracking.study_run(client, exp_id, scfg, tags)
+            if not resumed:
+                tracking.log_dataset(client, parent, cfg, manifest)
+            journal = storage.join(where, JOURNAL_FILE)
+            replay_journal(client, journal, cfg)                   # what an outage left unwritten, first
+            callbacks.insert(0, StudyCellCallback(scfg.to_dict(), exp_id, parent, tags, manifest, journal=journal))
+        callbacks.append(watchdog_for(cfg, cfg.study.name, run_name="cell"))
+        trainable = tune.with_resources(tune.with_parameters(_cell_trial, base_cfg=cfg.to_dict()), {"cpu": cfg.tune.trial_cpus})
+        print(f"study {cfg.study.name!r}: {len(cells)} cells ({len(cfg.study.methods)} methods x "
+              f"{len(cfg.study.pairing_ratios)} ratios x {len(cfg.study.seeds)} seeds x {len(cfg.study.train_fractions)} "
+              f"fractions), up to {concurrency(cfg)} at once; folder {where}", flush=True)
         if Tuner.can_restore(where):
             # Errored cells are not resumed here: Tune re-queues them all at once, past max_concurrent_trials,
             # and their Train runs then starve each other; they are retried below under the limit.
             print(f"restoring {where}: finished cells kept, interrupted ones resumed", flush=True)
-            Tuner.restore(where, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False).fit()
+            results = Tuner.restore(where, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False).fit()
+            _check_interrupted(results, 0, where)
         else:
-            _tuner(cfg, trainable, [c.id for c in cells], cfg.study.name, callbacks).fit()
+            _check_interrupted(_tuner(cfg, trainable, [c.id for c in cells], cfg.study.name, callbacks).fit(), len(cells), where)
         missing = [c.id for c in cells if not storage.is_file(_cell_file(cfg, c.id))]
         if missing and Tuner.can_restore(where) and cfg.study.retry_failed:
             name = f"{cfg.study.name}-retry-{time.strftime('%Y%m%d-%H%M%S')}"
             print(f"retrying {len(missing)} cell(s) without scores as {name}: {', '.join(missing)}", flush=True)
-            _tuner(cfg, trainable, missing, name, callbacks).fit()
+            _check_interrupted(_tuner(cfg, trainable, missing, name, callbacks).fit(), len(missing), where)
         done = [json.loads(storage.read_bytes(_cell_file(cfg, c.id))) for c in cells if storage.is_file(_cell_file(cfg, c.id))]
+        if parent is not None:      # cells whose end no callback recorded (a killed driver): as their scores say
+            ids = {d["cell"]["id"] for d in done}
+            tracking.end_open_children(client, exp_id, parent, "FAILED", {f"cell_{i}": "FINISHED" for i in ids})
     except BaseException as exc:
-        if parent is not None:
-            client.set_terminated(parent, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        end_runs(client, parent, exc)
+        if not isinstance(exc, tracking.TrackingUnavailable) and tracking.is_outage(exc):
+            raise tracking.unavailable(cfg, exc, "running the study") from exc
         raise
     return {"cells": done, "dir": where, "parent_run_id": parent, "client": client,
             "missing": [c.id for c in cells if c.id not in {d["cell"]["id"] for d in done}]}
+
+
+def _check_interrupted(results: Any, expected: int, where: str) -> None:
+    """Tune's graceful stop on Ctrl+C returns from fit: a stop, not failed cells to retry."""
+    if interrupted(results, expected):
+        raise StudyInterrupted(f"study stopped with cells unfinished (state saved in {where})")
 
 
 def _cell_file(cfg: Config, cell_id: str) -> str:

@@ -1,0 +1,330 @@
+"""Faults of issue 13 that end in a one-line message or a resumed run, injected for real.
+
+- Fault 8 / 5: the jobs, run as a user runs them, with configs that cannot work (a location under a regular
+  file - what a read-only folder is for root, who ignores permission bits -, an unsupported tracking URI,
+  batch size 1 with unpaired rows, a metric no trial reports, an empty validation split): exit 2, one
+  line on stderr, no traceback, before Ray starts (seconds), no MLflow run left RUNNING.
+- Fault 8: every exit of a study after its MLflow runs are open ends them (FAILED / KILLED), but not
+  while the tracking server is down (the rerun takes them over); a driver's leftovers are swept.
+- Fault 6 (slow): a second Ray instance (``ray start``) where another job holds the resource a trial's
+  worker group asks for: the study stops after tune.stall_timeout_s with what it waited for (exit 75),
+  its runs KILLED; once the holder is gone the same command resumes it to FINISHED.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ports import reserved_ports
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+TINY = {
+    "name": "faults",
+    "model": {"kind": "unet", "base_channels": 8, "channel_mults": [1, 2], "groups": 4, "attention_levels": []},
+    "method": {"name": "bidpm", "paired_distance": "l2"},
+    "data": {"layout": "phantom", "image_size": [16, 16], "num_slices": 4,
+             "phantom": {"num_subjects": 6, "shape": [24, 24, 8]}, "split": {"val_fraction": 0.2, "test_fraction": 0.2}},
+    "train": {"num_workers": 1, "cpus_per_worker": 0.5, "epochs": 1, "batch_size": 4, "max_steps_per_epoch": 1,
+              "val_batches": 1},
+    "tune": {"experiment_name": "faults-tune", "num_samples": 1, "space": {"n_steps": [1]}},
+    "tracking": {"experiment_name": "faults", "register_best": False, "log_checkpoints": False},
+}
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    if (Path.home() / ".ray" / "auth_token").exists():
+        env["RAY_AUTH_MODE"] = "token"                            # `ray start` turned token auth on: keep it on
+    env.update({"RAY_ADDRESS": "local", "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO / "platform"), **extra})
+    return env
+
+
+def _statuses(db: Path) -> list[str]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        return [s for (s,) in con.execute("select status from runs")]
+
+
+# --- fault 8: refused before any work ---------------------------------------------------------------
+def test_jobs_with_configs_that_cannot_work_exit_2_in_one_line_before_ray(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a regular file")
+    cases = {  # name: (job, overrides, words in the message)
+        "output_dir": ("tune_steps", [f"output_dir={blocker}/out"], "output_dir"),
+        "storage_path": ("tune_steps", [f"train.storage_path={blocker}/runs"], "train.storage_path"),
+        "shards_dir": ("study", [f"data.shards_dir={blocker}/shards"], "data.shards_dir"),
+        "sqlite_store": ("tune_steps", [f"tracking.tracking_uri=sqlite:///{blocker}/db/mlflow.db"], "tracking store"),
+        "prepare": ("prepare_data", [f"output_dir={blocker}/out"], "output_dir"),
+        "ftp_uri": ("tune_steps", ["tracking.tracking_uri=ftp://mlflow.example.org/x"], "scheme ftp://"),
+        "bare_uri": ("tune_steps", ["tracking.tracking_uri=mlruns"], "bare path"),
+        "batch_of_one": ("tune_steps", ["train.batch_size=1", "data.pairing_ratio=0.5"], "train.batch_size=1"),
+        "metric": ("tune_steps", ["tune.metric=val/ssim"], "tune.metric"),
+        "no_val": ("tune_steps", ["data.split.val_fraction=0"], "validation split is empty"),
+        "no_val_train": ("train", ["data.split.val_fraction=0"], "validation split is empty"),
+    }
+    if not AS_ROOT:
+        ro = tmp_path / "read_only"
+        ro.mkdir()
+        ro.chmod(0o500)
+        cases["read_only"] = ("tune_steps", [f"output_dir={ro}"], "cannot write there")
+    procs = {}
+    for name, (job, overrides, _) in cases.items():
+        out = tmp_path / name
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump({**TINY, "output_dir": str(out)}))
+        # RAY_ADDRESS names no cluster: a job that reached Ray would fail loudly instead of starting one
+        procs[name] = subprocess.Popen([sys.executable, str(REPO / "jobs" / f"{job}.py"), "--config", str(cfg), *overrides],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path),
+                                       env=_env(RAY_ADDRESS="127.0.0.1:1"))
+    bad = []
+    for name, p in procs.items():
+        out, err = p.communicate(timeout=300)
+        words = cases[name][2]
+        lines = err.strip().splitlines()
+        if not (p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0]
+                and "Traceback" not in err):
+            bad.append(f"{name}: rc {p.returncode}, stderr {err[-1500:]!r}")
+        if "RUNNING" in _statuses(tmp_path / name / "mlflow.db"):
+            bad.append(f"{name}: a RUNNING run was left")
+    if not AS_ROOT:
+        (tmp_path / "read_only").chmod(0o700)
+    assert not bad, "\n".join(bad)
+
+
+# --- fault 8: every exit after the runs are open ends them ------------------------------------------
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite tracking store for the run-ending tests (creating one costs seconds of migrations)."""
+    return "sqlite:///" + str(tmp_path_factory.mktemp("store") / "mlflow.db")
+
+
+def _study(tmp_path: Path, monkeypatch, store: str, name: str, fit):
+    """run_study with the Ray-dependent steps stubbed (no Ray): ``fit`` plays the Tune run."""
+    from bidpm import tracking
+    from bidpm.config import load_config
+    from bidpm.tune import launch
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(None, [f"output_dir={tmp_path / name}", f"tracking.tracking_uri={store}", "tracking.experiment_name=t",
+                             f"tune.experiment_name={name}", "tracking.register_best=false"])
+    monkeypatch.setattr(launch, "check_fits", lambda cfg: None)
+    monkeypatch.setattr("bidpm.data.shards.prepare_shards", lambda cfg: None)
+    monkeypatch.setattr("bidpm.data.manifest.load_manifest", lambda cfg: {"content_digest": "d0", "location": "/x"})
+    monkeypatch.setattr(launch, "checked_datasets", lambda cfg: {})
+    monkeypatch.setattr(tracking, "log_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(launch, "_fit", fit)
+    client, _ = tracking.connect(cfg)
+    return cfg, client
+
+
+def _open_trial(cb, trial_id="t1"):
+    """What the callback does at a trial's start: a RUNNING child run of the study."""
+    from bidpm import tracking
+
+    return tracking.trial_run(cb.client, cb.experiment_id, cb.parent_run_id, cb.cfg.tune.experiment_name, trial_id,
+                              f"trial_{trial_id}", cb.cfg, {})
+
+
+def test_every_exit_of_a_study_ends_its_runs(tmp_path, monkeypatch, store):
+    from bidpm import tracking
+    from bidpm.tune import launch
+    from bidpm.tune.watchdog import StudyStalled
+
+    cases = {"bug": (RuntimeError("a bug"), "FAILED"), "ctrl_c": (KeyboardInterrupt(), "KILLED"),
+             "sigterm": (SystemExit(15), "KILLED"), "stalled": (StudyStalled("stopped"), "KILLED"),
+             "outage": ("outage", "RUNNING")}         # the server is down: the rerun takes the runs over
+    for name, (error, status) in cases.items():
+        seen = {}
+
+        def fit(cfg, exp_dir, datasets, callbacks, print_fn, error=error):
+            seen["parent"], seen["child"] = callbacks[0].parent_run_id, _open_trial(callbacks[0])
+            raise tracking.unavailable(cfg, ConnectionError("refused"), "logging") if error == "outage" else error
+
+        cfg, client = _study(tmp_path, monkeypatch, store, name, fit)
+        with pytest.raises(BaseException) as e:
+            launch.run_study(cfg, print_fn=lambda s: None)
+        assert not isinstance(e.value, AssertionError), name
+        assert (client.get_run(seen["parent"]).info.status, client.get_run(seen["child"]).info.status) == (status, status), name
+
+
+def test_a_killed_drivers_open_trial_runs_are_ended_as_tune_saw_them(tmp_path, monkeypatch, store):
+    """A run the callback never ended (its driver was SIGKILLed at the trial's end) is swept after the fit."""
+    from bidpm.tune import launch
+    from bidpm.tune.launch import StudyResult
+
+    seen = {}
+
+    def fit(cfg, exp_dir, datasets, callbacks, print_fn):
+        seen["done"], seen["failed"] = _open_trial(callbacks[0], "t1"), _open_trial(callbacks[0], "t2")
+        rows = [{"trial": "t1", "status": "finished"}, {"trial": "t2", "status": "error"}]
+        return StudyResult(exp_dir, rows, "t1", None, None, None, None), cfg, {"trial": "t1", "objective": 0.5}
+
+    cfg, client = _study(tmp_path, monkeypatch, store, "sweep", fit)
+    monkeypatch.setattr(launch, "_track_study", lambda client, cfg, best_cfg, parent, rows, best, out, print_fn:
+                        client.set_terminated(parent, status="FINISHED"))
+    out = launch.run_study(cfg, print_fn=lambda s: None)
+    assert client.get_run(seen["done"]).info.status == "FINISHED"
+    assert client.get_run(seen["failed"]).info.status == "FAILED"
+    assert client.get_run(out.parent_run_id).info.status == "FINISHED"
+
+
+def test_the_journal_of_an_outage_is_written_once_by_the_next_driver(tmp_path, monkeypatch, store):
+    """What an outage left unwritten (the epoch's metrics, the trial's end) is replayed, in order, once."""
+    from bidpm import tracking
+    from bidpm.config import load_config
+    from bidpm.tune.callback import _write_journal, replay_journal
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(None, [f"output_dir={tmp_path}", f"tracking.tracking_uri={store}", "tracking.experiment_name=j"])
+    client, exp_id = tracking.connect(cfg)
+    run = client.create_run(exp_id).info.run_id
+    journal = str(tmp_path / "journal.jsonl")
+    _write_journal(journal, [{"op": "metrics", "run": run, "step": 1, "metrics": {"val/ssim_mean": 0.5, "epoch": 1.0}},
+                             {"op": "tag", "run": run, "key": "bidpm.best_objective", "value": "0.5"},
+                             {"op": "status", "run": run, "status": "FINISHED"}])
+    assert replay_journal(client, journal, cfg, print_fn=lambda s: None) == 3
+    assert replay_journal(client, journal, cfg, print_fn=lambda s: None) == 0 and not Path(journal).exists()
+    r = client.get_run(run)
+    assert r.info.status == "FINISHED" and r.data.tags["bidpm.best_objective"] == "0.5"
+    assert [m.step for m in client.get_metric_history(run, "val/ssim_mean")] == [1]
+
+
+# --- fault 6: a worker group that cannot start, on a second Ray instance -----------------------------
+def _stop(temp_dir: str) -> None:
+    """SIGTERM then SIGKILL every process naming ``temp_dir`` and their children, by PID (never `ray stop`)."""
+    import psutil
+
+    procs = {}
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.pid != os.getpid() and temp_dir in " ".join(p.info["cmdline"] or []):
+                procs[p.pid] = p
+                procs.update({c.pid: c for c in p.children(recursive=True)})
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    alive = list(procs.values())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in alive:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(alive, timeout=15)
+        if not alive:
+            break
+
+
+@pytest.fixture
+def second_ray():
+    """`ray start --head`: 2 CPUs and one 'slot' (a resource a trial's worker asks for); yields its address."""
+    temp_dir = tempfile.mkdtemp(prefix="rstall", dir="/tmp")     # short: Ray's unix sockets live under it
+    auto = [f"--{flag}=0" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                                       "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
+    with reserved_ports(2) as (gcs, client):
+        cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", *auto,
+               f"--ray-client-server-port={client}", "--include-dashboard=false", f"--temp-dir={temp_dir}",
+               "--num-cpus=2", "--num-gpus=0", '--resources={"slot": 1}', "--object-store-memory=200000000",
+               "--disable-usage-stats"]
+    try:
+        out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stdout + out.stderr
+        yield f"127.0.0.1:{gcs}"
+    finally:
+        _stop(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+HOLDER = """
+import sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+pg = ray.util.placement_group([{"slot": 1}])
+ray.get(pg.ready(), timeout=120)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_group_that_cannot_start_stops_the_study_then_the_rerun_resumes(tmp_path, second_ray):
+    out = tmp_path / "out"
+    cfg = tmp_path / "stall.yaml"
+    raw = {**TINY, "output_dir": str(out),
+           "train": {**TINY["train"], "resources_per_worker": {"slot": 1}},
+           "tune": {**TINY["tune"], "autoscaling": False, "stall_timeout_s": 20}}
+    cfg.write_text(yaml.safe_dump(raw))
+    env = _env(RAY_ADDRESS=second_ray)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, second_ray], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+    cmd = [sys.executable, str(REPO / "jobs" / "tune_steps.py"), "--config", str(cfg)]
+    try:
+        assert holder.stdout.readline().strip() == "held"          # another job holds the only slot
+        t0 = time.monotonic()
+        first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=400)
+        took = time.monotonic() - t0
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)                      # the holder goes: its reservation with it
+        holder.wait(30)
+    assert first.returncode == 75, first.stdout[-3000:] + first.stderr[-3000:]
+    last = first.stderr.strip().splitlines()[-1]
+    for words in ("stopped: for", "tune.stall_timeout_s=20", "waited for resources", "slot: 1",
+                  "held by placement groups", "rerun the same command: python"):
+        assert words in last, (words, last)
+    assert "waiting for 1 'slot'" in first.stderr                   # said while it waited, not only at the end
+    print(f"stalled study: {last}")
+    assert took < 300, f"stopped after {took:.0f} s"
+    assert set(_statuses(out / "mlflow.db")) == {"KILLED"}        # parent and trial run ended, none RUNNING
+
+    t1 = time.monotonic()
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "restoring study" in second.stdout
+    assert sorted(_statuses(out / "mlflow.db")) == ["FINISHED", "FINISHED"]   # the same parent and trial run
+    print(f"stalled study stopped after {took:.0f} s; the rerun finished in {time.monotonic() - t1:.0f} s")
+
+
+# --- fault 5: the checkpoint location stops taking writes mid-run ------------------------------------
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_rerun_resumes(tmp_path, ray_session):
+    """Epoch 2's checkpoint folder is taken by a regular file (what a full or read-only location is for
+    the copy into storage, and real for root too): the train job stops with one line naming the location,
+    epoch 1's checkpoint stays the latest complete one, nothing partial is used, and the same command
+    resumes from it once the location is fixed."""
+    from bidpm.commands.train import main
+    from bidpm.data.manifest import DataError
+    from bidpm.train.checkpoint import load_checkpoint
+
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "output_dir": str(tmp_path / "out"),
+                                   "train": {**TINY["train"], "epochs": 2, "max_failures": 0, "run_name": "ckpt"}}))
+    run = tmp_path / "out" / "ray_results" / "ckpt"
+    run.mkdir(parents=True)
+    (run / "checkpoint_epoch_0002").write_text("not a folder")
+    with pytest.raises(DataError) as e:
+        main(["--config", str(cfg)])
+    msg = str(e.value)
+    print(f"train job: error: {msg}")
+    assert "\n" not in msg and f"train.storage_path {tmp_path / 'out' / 'ray_results'}" in msg and "rerun" in msg, msg
+    assert load_checkpoint(run / "checkpoint_epoch_0001")["epoch"] == 1          # the last complete checkpoint
+    assert not list(run.rglob("*.tmp"))
+
+    (run / "checkpoint_epoch_0002").unlink()
+    assert main(["--config", str(cfg)]) == 0
+    state = load_checkpoint(run / "checkpoint_epoch_0002")
+    assert state["epoch"] == 2 and state["step"] == 2                            # epoch 1 was not trained again
