@@ -138,6 +138,20 @@ def test_ray_clusters_autoscale_gpu_workers_with_token_auth():
                 assert lim == req, f"{name}/{c['name']}: Ray advertises limits; keep requests equal"
 
 
+def test_autoscaler_options_scale_gpu_groups_from_zero_and_rayjob_cleans_up():
+    """Issue 14: idle GPU pods go away, GPU groups start at 0, a finished RayJob's cluster is deleted."""
+    for name, spec in _cluster_specs():
+        opts = spec["autoscalerOptions"]
+        assert 0 < opts["idleTimeoutSeconds"] <= 600, name
+        assert opts["upscalingMode"] in ("Default", "Conservative", "Aggressive"), name
+        assert opts["resources"]["limits"] == opts["resources"]["requests"], name
+        for g in spec["workerGroupSpecs"]:
+            if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]:
+                assert g["minReplicas"] == 0 and g.get("replicas", 0) == 0, (name, g["groupName"])
+    (job,) = [d for _, d in _ray_docs() if d["kind"] == "RayJob"]
+    assert job["spec"]["shutdownAfterJobFinishes"] is True and job["spec"]["ttlSecondsAfterFinished"] > 0
+
+
 def test_ray_version_matches_installed_ray():
     ray = pytest.importorskip("ray")
     assert ray.__version__ == RAY_VERSION_IN_MANIFESTS, (

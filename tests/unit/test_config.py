@@ -98,6 +98,49 @@ def test_flat_keeps_lists_readable():
     assert flat["train.lr"] == pytest.approx(1e-4)
 
 
+def test_default_failure_settings_retry_a_lost_worker_and_zero_stays_available():
+    """Issue 13 item 1: the shipped default survives a killed Train worker / lost node (restarts from the
+    last checkpoint); 0 (fail at the first loss) and -1 (forever) remain choices."""
+    from bidpm.config.train import DEFAULT_MAX_FAILURES
+    from bidpm.train.launch import build_run_config
+
+    assert Config().train.max_failures == DEFAULT_MAX_FAILURES >= 1
+    assert build_run_config(Config()).failure_config.max_failures == DEFAULT_MAX_FAILURES
+    for v in (0, -1):
+        assert build_run_config(load_config(None, [f"train.max_failures={v}"])).failure_config.max_failures == v
+    with pytest.raises(ConfigError, match="train.max_failures"):
+        load_config(None, ["train.max_failures=-2"])
+
+
+def test_resources_per_worker_reach_the_scaling_config_and_gpu_implies_use_gpu():
+    """Issue 14: a custom slot per Train worker (fake nodes), or {GPU: 1} on real GPU nodes, same field."""
+    from bidpm.train.launch import build_scaling_config
+
+    sc = build_scaling_config(load_config(None, ["train.resources_per_worker={accelerator_slot: 1}"]))
+    assert sc.resources_per_worker == {"CPU": 0.5, "accelerator_slot": 1.0} and not sc.use_gpu
+    gpu = load_config(None, ["train.resources_per_worker={GPU: 1, CPU: 4}"])
+    assert gpu.train.use_gpu and (gpu.train.gpus_per_worker, gpu.train.cpus_per_worker) == (1.0, 4.0)
+    sc = build_scaling_config(gpu)
+    assert sc.use_gpu and sc.resources_per_worker == {"CPU": 4.0, "GPU": 1.0}
+    assert config_from_dict(yaml.safe_load(gpu.to_yaml())) == gpu                       # round trip
+    assert gpu.train.custom_resources() == {} and Config().train.worker_resources() == {"CPU": 0.5}
+    for bad, words in ((["train.resources_per_worker={GPU: 1}", "train.use_gpu=false"], "use_gpu=false"),
+                       (["train.resources_per_worker={GPU: 1}", "train.gpus_per_worker=0.5"], "disagree"),
+                       (["train.resources_per_worker={CPU: 2}", "train.cpus_per_worker=1"], "disagree"),
+                       (["train.resources_per_worker={slot: -1}"], "amounts >= 0")):
+        with pytest.raises(ConfigError, match=words):
+            load_config(None, bad)
+
+
+def test_storage_uri_with_credentials_is_refused():
+    """Credentials come from the environment, never a config value (it is logged and checkpointed)."""
+    for uri in ("s3://KEY:SECRET@bucket/ray", "s3://bucket/ray?region=eu-west-1&secret_key=SECRET"):
+        with pytest.raises(ConfigError, match="train.storage_path: .*AWS_ACCESS_KEY_ID"):
+            load_config(None, [f"train.storage_path={uri}"])
+    ok = "s3://bucket/ray?region=eu-west-1&endpoint_override=minio:9000"
+    assert load_config(None, [f"train.storage_path={ok}"]).storage_path == ok
+
+
 def test_failure_settings_reach_ray_trains_failure_config():
     # Ray Train's default retries a worker group that does not start forever; the setting must reach it.
     from bidpm.train.launch import build_run_config

@@ -42,12 +42,12 @@ VAL_COLUMNS = ["source", "target", "mask"]
 
 
 def build_scaling_config(cfg: Config) -> ScalingConfig:
-    """Workers and what each reserves: ``cpus_per_worker`` CPU (+ ``gpus_per_worker`` GPU when ``use_gpu``)."""
+    """Workers and what each reserves: ``cpus_per_worker`` CPU (+ ``gpus_per_worker`` GPU when ``use_gpu``)
+    plus any custom resource of ``train.resources_per_worker``. The worker group's placement group asks
+    for exactly this, so on an autoscaling cluster it is also what makes the autoscaler add a node type
+    that offers it (``{GPU: 1}`` on GPU nodes, a custom slot on the fake nodes of the tests)."""
     tc = cfg.train
-    resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
-    if tc.use_gpu:
-        resources["GPU"] = tc.gpus_per_worker
-    return ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources)
+    return ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=tc.worker_resources())
 
 
 def build_run_config(

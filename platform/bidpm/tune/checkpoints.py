@@ -54,5 +54,5 @@ def local_checkpoint(location: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="bidpm-ckpt-") as tmp:
         dest = Path(tmp) / Path(path.rstrip("/")).name
-        pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        storage.download_dir(location, str(dest))        # creates dest (copy_files alone fails on S3 markers)
         yield dest
