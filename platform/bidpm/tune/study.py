@@ -55,7 +55,7 @@ def score_cell(checkpoint_path: str, cfg_dict: dict[str, Any], cell: dict[str, A
     cfg = config_from_dict(cfg_dict, origin="study cell")
     c = Cell(**cell)
     with local_checkpoint(checkpoint_path) as folder:
-        model = TrainedModel.from_checkpoint(folder, pick_device(cfg.evaluation.device))
+        model = TrainedModel.from_checkpoint(folder, pick_device(cfg.evaluation.device)).accelerate(cfg)
     ev = evaluate_split(model, cfg, "test", cell_grids(cfg, c))       # cfg: the cell's own (carries study:)
     out = {"grids": [{"label": g.spec.label, "steps": g.spec.steps, "grid": list(g.spec.grid),
                       "training_grid": g.spec.training_grid, "summary": g.summary("test"),
