@@ -14,6 +14,16 @@ SHARED = REPO.parent / "shared"
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI into this process, and config loading reads it
+    when a file sets no tracking_uri: without this, one test's store leaks into the next test's config
+    (seen: the job-submit and synthesize tests read another test's SQLite file when run after the fault tests)."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # not restored: whatever a test exported is its own
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

@@ -54,6 +54,7 @@ def trained(ray_session, tmp_path_factory):
     from bidpm.data.shards import prepare_shards
     from bidpm.train import run_training
 
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # module fixtures run before conftest's per-test cleanup
     out = tmp_path_factory.mktemp("synth_jobs")
     overrides = BASE + [f"output_dir={out}"]
     cfg = load_config(None, overrides)
