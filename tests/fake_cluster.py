@@ -16,9 +16,7 @@ process of its own because Ray's token-authentication settings are per process.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,20 +28,9 @@ from typing import Any, Optional
 import psutil
 
 from ports import reserved_ports
+from procs import BIN, processes_naming, ray_env, stop_processes  # noqa: F401 - ray_env is used by importers
 
-BIN = Path(sys.executable).parent
 HEAD_TYPE = "ray.head.default"   # the fake provider's fixed name for the head's node type
-
-
-def ray_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
-    """This environment for Ray processes: the venv's ``ray``/``python`` first, no inherited RAY_ADDRESS or
-    MLFLOW_TRACKING_URI, and token auth kept on when ``ray start`` will turn it on (a token file exists)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    if (Path.home() / ".ray" / "auth_token").exists() or env.get("RAY_AUTH_TOKEN"):
-        env["RAY_AUTH_MODE"] = "token"
-    env.update(extra or {})
-    return env
 
 
 def autoscaling_config(gcs_address: str, head_resources: dict[str, float], worker_types: dict[str, dict[str, Any]],
@@ -105,29 +92,11 @@ class FakeCluster:
 
     def processes(self) -> list[psutil.Process]:
         """Every process of this cluster: those naming its temp dir, and their descendants."""
-        own: dict[int, psutil.Process] = {}
-        for p in psutil.process_iter(["cmdline"]):
-            try:
-                if p.pid != os.getpid() and self.temp_dir in " ".join(p.info["cmdline"] or []):
-                    own[p.pid] = p
-                    own.update({c.pid: c for c in p.children(recursive=True)})
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        return list(own.values())
+        return processes_naming(self.temp_dir)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL, this cluster's processes (never ``ray stop``: it kills other sessions' Ray)."""
-        procs = self.processes()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for p in procs:
-                try:
-                    p.send_signal(sig)
-                except psutil.NoSuchProcess:
-                    pass
-            _, procs = psutil.wait_procs(procs, timeout=5 if sig == signal.SIGTERM else 15)
-            if not procs:
-                break
-        if not procs:
+        if not stop_processes(self.processes(), term_timeout_s=5):
             shutil.rmtree(self.temp_dir, ignore_errors=True)   # Ray's session logs; kept if anything survived
 
 

@@ -14,45 +14,28 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ports import reserved_ports
+from procs import ray_env, ray_head
+from tiny import tiny_study
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-TINY = {
-    "name": "faults",
-    "model": {"kind": "unet", "base_channels": 8, "channel_mults": [1, 2], "groups": 4, "attention_levels": []},
-    "method": {"name": "bidpm", "paired_distance": "l2"},
-    "data": {"layout": "phantom", "image_size": [16, 16], "num_slices": 4,
-             "phantom": {"num_subjects": 6, "shape": [24, 24, 8]}, "split": {"val_fraction": 0.2, "test_fraction": 0.2}},
-    "train": {"num_workers": 1, "cpus_per_worker": 0.5, "epochs": 1, "batch_size": 4, "max_steps_per_epoch": 1,
-              "val_batches": 1},
-    "tune": {"experiment_name": "faults-tune", "num_samples": 1, "space": {"n_steps": [1]}},
-    "tracking": {"experiment_name": "faults", "register_best": False, "log_checkpoints": False},
-}
+TINY = tiny_study("faults")
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    if (Path.home() / ".ray" / "auth_token").exists():
-        env["RAY_AUTH_MODE"] = "token"                            # `ray start` turned token auth on: keep it on
-    env.update({"RAY_ADDRESS": "local", "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO / "platform"), **extra})
-    return env
+    return ray_env({"RAY_ADDRESS": "local", "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO / "platform"), **extra})
 
 
 def _statuses(db: Path) -> list[str]:
@@ -207,48 +190,12 @@ def test_the_journal_of_an_outage_is_written_once_by_the_next_driver(tmp_path, m
 
 
 # --- fault 6: a worker group that cannot start, on a second Ray instance -----------------------------
-def _stop(temp_dir: str) -> None:
-    """SIGTERM then SIGKILL every process naming ``temp_dir`` and their children, by PID (never `ray stop`)."""
-    import psutil
-
-    procs = {}
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if p.pid != os.getpid() and temp_dir in " ".join(p.info["cmdline"] or []):
-                procs[p.pid] = p
-                procs.update({c.pid: c for c in p.children(recursive=True)})
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    alive = list(procs.values())
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in alive:
-            try:
-                p.send_signal(sig)
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(alive, timeout=15)
-        if not alive:
-            break
-
-
 @pytest.fixture
 def second_ray():
     """`ray start --head`: 2 CPUs and one 'slot' (a resource a trial's worker asks for); yields its address."""
-    temp_dir = tempfile.mkdtemp(prefix="rstall", dir="/tmp")     # short: Ray's unix sockets live under it
-    auto = [f"--{flag}=0" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-                                       "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
-    with reserved_ports(2) as (gcs, client):
-        cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", *auto,
-               f"--ray-client-server-port={client}", "--include-dashboard=false", f"--temp-dir={temp_dir}",
-               "--num-cpus=2", "--num-gpus=0", '--resources={"slot": 1}', "--object-store-memory=200000000",
-               "--disable-usage-stats"]
-    try:
-        out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
-        assert out.returncode == 0, out.stdout + out.stderr
-        yield f"127.0.0.1:{gcs}"
-    finally:
-        _stop(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head("rstall", "--num-cpus=2", "--num-gpus=0", '--resources={"slot": 1}',
+                  "--object-store-memory=200000000", env=_env()) as head:
+        yield head["gcs"]
 
 
 HOLDER = """

@@ -31,10 +31,10 @@ import mlflow
 from bidpm import tracking
 from bidpm.config import load_config
 from bidpm.config.data import SALT_ENV
-from bidpm.model import EMA, build_velocity_field
 from bidpm.tracking.registry import (CHAMPION, LOCK_SUFFIX, TAG_REGISTRATION_KEY, promotion_lock,
                                      registration_key)
-from bidpm.train.checkpoint import save_checkpoint
+
+from tiny import tiny_checkpoint, tiny_overrides  # tests/tiny.py
 
 pytestmark = pytest.mark.integration
 
@@ -49,25 +49,8 @@ def _own_env(monkeypatch):
     monkeypatch.delenv(SALT_ENV, raising=False)
 
 
-def _overrides(tmp_path: Path, *extra: str) -> list[str]:
-    return [f"output_dir={tmp_path}", "model.base_channels=8", "model.groups=4", "model.channel_mults=[1,2]",
-            "data.image_size=[16,16]", "method.paired_distance=l2", "method.time_grid=[0,0.4,1]",
-            "tracking.registered_model_name=tiny", "tracking.experiment_name=t", *extra]
-
-
 def _cfg(tmp_path: Path, *extra: str):
-    return load_config(None, _overrides(tmp_path, *extra))
-
-
-def _checkpoint(cfg, path: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    model = build_velocity_field(cfg.model, tuple(cfg.data.image_size))
-    with torch.no_grad():                 # a fresh UNet may output exactly 0: make the field non-trivial
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    return save_checkpoint(path, model=model, ema=EMA(model, decay=0.9), optimizer=opt, step=1, epoch=1, cfg=cfg,
-                           manifest_digest="d")
+    return load_config(None, tiny_overrides(tmp_path, *extra))
 
 
 # --- a tampered pickle -----------------------------------------------------------------------------
@@ -89,7 +72,7 @@ def test_tampered_python_model_pickle_is_never_executed(tmp_path):
     cfg = _cfg(tmp_path)
     client, exp_id = tracking.connect(cfg)
     run = client.create_run(exp_id)
-    ck = _checkpoint(cfg, tmp_path / "ck")
+    ck = tiny_checkpoint(cfg, tmp_path / "ck")
     uri = tracking.log_model(cfg, run.info.run_id, str(ck))
     version = tracking.register(client, cfg, uri, run.info.run_id, {})
     tracking.promote(client, cfg, version, evaluate=lambda u: {cfg.tracking.promote_metric: 0.5})
@@ -164,12 +147,12 @@ def test_rerun_after_kill_right_after_version_creation_registers_once(tmp_path):
     cfg = _cfg(tmp_path)
     client, exp_id = tracking.connect(cfg)
     run_id = client.create_run(exp_id).info.run_id
-    ck = _checkpoint(cfg, tmp_path / "ck")
+    ck = tiny_checkpoint(cfg, tmp_path / "ck")
     tags = {"bidpm.study": "s1", "bidpm.trial_id": "t7", "bidpm.checkpoint": str(ck), "bidpm.git_commit": "abc"}
     script = _KILLED_AFTER_CREATE.replace("TAGS", json.dumps(tags))
     env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([sys.executable, "-c", script, run_id, str(ck), *_overrides(tmp_path)],
+    proc = subprocess.run([sys.executable, "-c", script, run_id, str(ck), *tiny_overrides(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == -9, proc.stdout + proc.stderr
     assert "created version 1" in proc.stdout
@@ -298,7 +281,7 @@ def test_salt_is_in_no_param_run_artifact_or_registered_model(tmp_path):
     client, exp_id = tracking.connect(cfg)
     parent, _ = tracking.study_run(client, exp_id, cfg, {})
     child = tracking.trial_run(client, exp_id, parent, cfg.tune.experiment_name, "t1", "trial_1", cfg, {})
-    uri = tracking.log_model(cfg, child, str(_checkpoint(cfg, tmp_path / "ck")))
+    uri = tracking.log_model(cfg, child, str(tiny_checkpoint(cfg, tmp_path / "ck")))
     version = tracking.register(client, cfg, uri, child, {"bidpm.trial_id": "t1"})
     needles = (SALT, "BraTS2021_00042")
     for run_id in (parent, child):
@@ -392,7 +375,7 @@ def test_auth_server_refuses_anonymous_clients_and_serves_the_platform(tmp_path,
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret["password"])
     client, exp_id = tracking.connect(cfg)
     run_id = client.create_run(exp_id).info.run_id
-    uri_model = tracking.log_model(cfg, run_id, str(_checkpoint(cfg, tmp_path / "ck")))
+    uri_model = tracking.log_model(cfg, run_id, str(tiny_checkpoint(cfg, tmp_path / "ck")))
     v = tracking.register(client, cfg, uri_model, run_id, {})
     assert tracking.promote(client, cfg, v, evaluate=lambda u: {cfg.tracking.promote_metric: 0.5}).promoted
     from bidpm.trained import TrainedModel

@@ -20,8 +20,8 @@ import mlflow
 from bidpm import tracking
 from bidpm.config import load_config
 from bidpm.method import build_method
-from bidpm.model import EMA, build_velocity_field
-from bidpm.train.checkpoint import save_checkpoint
+
+from tiny import tiny_checkpoint, tiny_overrides  # tests/tiny.py
 
 pytestmark = pytest.mark.integration
 
@@ -33,22 +33,7 @@ def _own_tracking_uri(monkeypatch):
 
 
 def _cfg(tmp_path: Path, *extra: str):
-    return load_config(None, [
-        f"output_dir={tmp_path}", "model.base_channels=8", "model.groups=4", "model.channel_mults=[1,2]",
-        "data.image_size=[16,16]", "method.paired_distance=l2", "method.time_grid=[0,0.4,1]",
-        "tracking.registered_model_name=tiny", "tracking.experiment_name=t", *extra,
-    ])
-
-
-def _checkpoint(cfg, path: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    model = build_velocity_field(cfg.model, tuple(cfg.data.image_size))
-    with torch.no_grad():                 # a fresh UNet may output exactly 0: make the field non-trivial
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    ema = EMA(model, decay=0.9)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    return save_checkpoint(path, model=model, ema=ema, optimizer=opt, step=1, epoch=1, cfg=cfg, manifest_digest="d")
+    return load_config(None, tiny_overrides(tmp_path, *extra))
 
 
 def _free_port() -> int:
@@ -61,7 +46,7 @@ def test_logged_model_runs_any_batch_size_both_directions(tmp_path):
     cfg = _cfg(tmp_path)
     client, exp_id = tracking.connect(cfg)
     run = client.create_run(exp_id)
-    uri = tracking.log_model(cfg, run.info.run_id, str(_checkpoint(cfg, tmp_path / "ckpt")))
+    uri = tracking.log_model(cfg, run.info.run_id, str(tiny_checkpoint(cfg, tmp_path / "ckpt")))
     loaded = mlflow.pyfunc.load_model(uri)
     # independent reference: the same checkpoint's EMA net through the method's Euler unroll
     from bidpm.train.checkpoint import load_checkpoint_model
@@ -83,7 +68,7 @@ def test_logged_model_runs_any_batch_size_both_directions(tmp_path):
 
 def _register(client, cfg, tmp_path, seed):
     run = client.create_run(client.get_experiment_by_name(cfg.tracking.experiment_name).experiment_id)
-    uri = tracking.log_model(cfg, run.info.run_id, str(_checkpoint(cfg, tmp_path / f"ck{seed}", seed)))
+    uri = tracking.log_model(cfg, run.info.run_id, str(tiny_checkpoint(cfg, tmp_path / f"ck{seed}", seed)))
     return tracking.register(client, cfg, uri, run.info.run_id, {"bidpm.seed": seed})
 
 
@@ -119,7 +104,7 @@ def test_incompatible_registered_name_fails_without_a_new_version(tmp_path):
     with pytest.raises(tracking.TrackingError, match="tracking.registered_model_name.*does not hold bidpm models"):
         tracking.check_registry(client, cfg)
     run = client.create_run(exp_id)
-    uri = tracking.log_model(cfg, run.info.run_id, str(_checkpoint(cfg, tmp_path / "ck")))
+    uri = tracking.log_model(cfg, run.info.run_id, str(tiny_checkpoint(cfg, tmp_path / "ck")))
     with pytest.raises(tracking.TrackingError):
         tracking.register(client, cfg, uri, run.info.run_id, {})
     assert len(client.search_model_versions("name = 'tiny'")) == 1              # nothing half-registered
@@ -135,7 +120,7 @@ def test_failed_alias_step_deletes_the_version(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path)
     client, exp_id = tracking.connect(cfg)
     run = client.create_run(exp_id)
-    uri = tracking.log_model(cfg, run.info.run_id, str(_checkpoint(cfg, tmp_path / "ck")))
+    uri = tracking.log_model(cfg, run.info.run_id, str(tiny_checkpoint(cfg, tmp_path / "ck")))
 
     def boom(*a, **k):
         raise RuntimeError("registry went away")

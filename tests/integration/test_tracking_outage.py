@@ -20,22 +20,12 @@ import pytest
 import yaml
 
 from ports import reserved_ports
+from tiny import tiny_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-STUDY = {
-    "name": "outage",
-    "model": {"kind": "unet", "base_channels": 8, "channel_mults": [1, 2], "groups": 4, "attention_levels": []},
-    "method": {"name": "bidpm", "paired_distance": "l2"},
-    "data": {"layout": "phantom", "image_size": [16, 16], "num_slices": 4,
-             "phantom": {"num_subjects": 6, "shape": [24, 24, 8]}, "split": {"val_fraction": 0.2, "test_fraction": 0.2}},
-    "train": {"num_workers": 1, "cpus_per_worker": 0.5, "epochs": 2, "batch_size": 4, "max_steps_per_epoch": 1,
-              "val_batches": 1},
-    "tune": {"experiment_name": "outage-tune", "num_samples": 1, "space": {"n_steps": [1]}},
-    "tracking": {"experiment_name": "outage", "register_best": False, "log_checkpoints": False,
-                 "http_max_retries": 1, "http_timeout_s": 5, "http_backoff_factor": 0, "connect_timeout_s": 5},
-}
+STUDY = tiny_study("outage", epochs=2, http_max_retries=1, http_timeout_s=5, http_backoff_factor=0, connect_timeout_s=5)
 
 
 def _env() -> dict[str, str]:

@@ -1,0 +1,94 @@
+"""Start-and-stop helpers for tests that run Ray heads and jobs as subprocesses (importable: tests/ is on sys.path).
+
+Stopping: `ray stop` (and any kill by process name) would take down other Ray instances on the same
+machine, including the suite's own ``ray_session``. A test therefore stops only what it started: the
+processes whose command line names the temp dir it gave them, and their descendants, by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import psutil
+
+from ports import reserved_ports
+
+BIN = Path(sys.executable).parent  # this venv's `ray`, `python`, `mlflow`
+
+
+def ray_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """This environment for Ray processes: the venv's ``ray``/``python`` first, no inherited RAY_ADDRESS or
+    MLFLOW_TRACKING_URI, and token auth kept on when ``ray start`` will turn it on (a token file exists)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    if (Path.home() / ".ray" / "auth_token").exists() or env.get("RAY_AUTH_TOKEN"):
+        env["RAY_AUTH_MODE"] = "token"
+    env.update(extra or {})
+    return env
+
+
+def processes_naming(text: str) -> list[psutil.Process]:
+    """Every process (not this one) whose command line contains ``text``, and their descendants."""
+    own: dict[int, psutil.Process] = {}
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.pid != os.getpid() and text in " ".join(p.info["cmdline"] or []):
+                own[p.pid] = p
+                own.update({c.pid: c for c in p.children(recursive=True)})
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return list(own.values())
+
+
+def stop_processes(procs: list[psutil.Process], term_timeout_s: float = 15) -> list[psutil.Process]:
+    """SIGTERM, wait up to ``term_timeout_s``, then SIGKILL what is left; returns the survivors (normally none)."""
+    for sig, wait in ((signal.SIGTERM, term_timeout_s), (signal.SIGKILL, 15)):
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, procs = psutil.wait_procs(procs, timeout=wait)
+        if not procs:
+            break
+    return procs
+
+
+def stop_naming(text: str, term_timeout_s: float = 15) -> list[psutil.Process]:
+    """Stop the processes naming ``text`` (a Ray head's own temp dir) and their descendants, by PID."""
+    return stop_processes(processes_naming(text), term_timeout_s)
+
+
+@contextmanager
+def ray_head(prefix: str, *args: str, dashboard: bool = False, env: Optional[dict[str, str]] = None) -> Iterator[dict[str, str]]:
+    """`ray start --head` on 127.0.0.1 with its own temp dir and ports; yields {"gcs": host:port, "dashboard": url}.
+
+    Defaults would collide with other Ray instances (GCS 6379, agent 52365, client 10001, ...), and ports
+    picked one at a time can repeat: every component that accepts 0 binds a free port itself; the ones
+    that need a number are reserved together and released right before `ray start` (tests/ports.py).
+    ``args``: more `ray start` flags (``--num-cpus=2``, ``--resources=...``). Stopped by PID on exit.
+    """
+    temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")     # short: Ray's unix sockets live under it
+    auto = [f"--{flag}=0" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                                       "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
+    with reserved_ports(3) as (gcs, client, dash):
+        cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", *auto,
+               f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+               *(["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"] if dashboard
+                 else ["--include-dashboard=false"]), *args]
+    try:                                # inside: a `ray start` that times out still gets its processes stopped
+        out = subprocess.run(cmd, env=env or ray_env(), capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stdout + out.stderr
+        yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}" if dashboard else ""}
+    finally:
+        stop_naming(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
