@@ -179,6 +179,30 @@ def test_storage_failure_names_the_location_from_a_wrapped_error():
     assert storage_failure(RuntimeError("CUDA out of memory"), "train.storage_path", "/x") is None
 
 
+def test_an_outage_wrapped_by_tune_is_still_an_outage():
+    """Seen in a suite run: the server died while ``on_trial_result`` logged, Tune re-raised the callback's
+    TrackingUnavailable as ``TuneError(traceback.format_exc())`` and the job exited 1 instead of 75."""
+    import traceback
+
+    from ray.tune.error import TuneError
+
+    from bidpm.tracking import TrackingUnavailable, outage_in
+
+    original = TrackingUnavailable("the MLflow tracking server http://h:5000 stopped answering while logging")
+    try:
+        try:
+            raise original
+        except Exception:                              # what tune_controller._on_result does
+            raise TuneError(traceback.format_exc())
+    except TuneError as wrapped:
+        assert outage_in(wrapped) is original          # through __context__
+        text_only = TuneError(str(wrapped))            # the same text with no chain (re-raised elsewhere)
+    found = outage_in(text_only)
+    assert isinstance(found, TrackingUnavailable) and str(found) == str(original)
+    assert outage_in(TuneError("Traceback ...\nValueError: a bug in a trial")) is None
+    assert outage_in(original) is original
+
+
 # --- the command-line front ---------------------------------------------------------------------
 def _run(main, capsys):
     from bidpm.cli import run_main

@@ -21,13 +21,14 @@ from .runs import (
     TAG_PARENT, TAG_ROLE, TAG_SCALE, TAG_STUDY, TAG_TRIAL, end_open_children, end_study_runs, find_run, log_json,
     log_metrics, log_params, set_tags, study_run, trial_run,
 )
-from .store import TrackingError, TrackingUnavailable, artifact_root, connect, is_outage, unavailable, use_store, where
+from .store import (TrackingError, TrackingUnavailable, artifact_root, connect, is_outage, outage_in, unavailable,
+                    use_store, where)
 
 __all__ = [
     "BidpmPyfunc", "CHALLENGER", "CHAMPION", "MODEL_FORMAT", "Promotion", "REPO_DIR", "TAG_PARENT", "TAG_ROLE",
     "TAG_SCALE", "TAG_STUDY", "TAG_TRIAL", "TrackingError", "TrackingUnavailable", "alias_version", "artifact_root",
     "check_registry", "config_params", "connect", "decision_tags", "end_open_children", "end_study_runs", "find_run",
-    "is_outage", "unavailable", "git_commit", "input_shape", "log_dataset", "log_json",
+    "is_outage", "outage_in", "unavailable", "git_commit", "input_shape", "log_dataset", "log_json",
     "log_metrics", "log_model", "log_params", "model_signature", "promote", "ray_job_id", "register", "score_model",
     "set_tags", "study_run", "trial_run", "use_store", "where",
 ]

@@ -57,6 +57,26 @@ def unavailable(cfg: Config, exc: BaseException, doing: str) -> TrackingUnavaila
         f"rerun); start the server again (or fix tracking.tracking_uri)")
 
 
+def outage_in(exc: BaseException) -> Optional["TrackingUnavailable"]:
+    """The ``TrackingUnavailable`` behind ``exc``, if any.
+
+    Tune re-raises an exception from some callback hooks (``on_trial_result``) as a ``TuneError`` whose
+    message is the formatted traceback, so which type reaches ``tuner.fit``'s caller depends on which
+    hook met the outage first. Found here through ``__cause__``/``__context__``, else from the
+    traceback text (its last ``TrackingUnavailable:`` line), so every outage exits as one.
+    """
+    seen: set[int] = set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, TrackingUnavailable):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    marker = f"{TrackingUnavailable.__module__}.{TrackingUnavailable.__name__}: "
+    lines = [ln for ln in str(exc).splitlines() if ln.strip().startswith(marker)]
+    return TrackingUnavailable(lines[-1].strip()[len(marker):]) if lines else None
+
+
 def is_outage(exc: BaseException) -> bool:
     """Did a tracking call fail because the store could not be reached (vs. a bad request)?"""
     import requests

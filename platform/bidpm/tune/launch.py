@@ -246,7 +246,10 @@ def run_study(cfg: Config, *, print_fn=print) -> StudyResult:
                     json.dumps({k: v for k, v in out.__dict__.items() if k != "reused"}, indent=1, default=str))
         return out
     except BaseException as exc:
-        end_runs(client, parent, exc, print_fn)
+        outage = tracking.outage_in(exc)        # Tune may wrap the callback's outage in a TuneError
+        end_runs(client, parent, outage or exc, print_fn)
+        if outage is not None and outage is not exc:
+            raise outage from None
         if not isinstance(exc, tracking.TrackingUnavailable) and tracking.is_outage(exc):
             raise tracking.unavailable(cfg, exc, "the summary / registry step") from exc
         raise

@@ -220,7 +220,10 @@ def run_grid(cfg: Config) -> dict[str, Any]:
             ids = {d["cell"]["id"] for d in done}
             tracking.end_open_children(client, exp_id, parent, "FAILED", {f"cell_{i}": "FINISHED" for i in ids})
     except BaseException as exc:
-        end_runs(client, parent, exc)
+        outage = tracking.outage_in(exc)        # Tune may wrap the callback's outage in a TuneError
+        end_runs(client, parent, outage or exc)
+        if outage is not None and outage is not exc:
+            raise outage from None
         if not isinstance(exc, tracking.TrackingUnavailable) and tracking.is_outage(exc):
             raise tracking.unavailable(cfg, exc, "running the study") from exc
         raise
