@@ -3,6 +3,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist). One test file stays in one process (--dist loadfile): its module
+# fixtures (a trained model, a server) are built once. Each process has its own local Ray.
+TEST_WORKERS ?= 2
 
 .PHONY: setup quickstart test test-fast clean
 
@@ -18,10 +21,10 @@ quickstart: setup
 	$(PY) jobs/tune_steps.py --config configs/quickstart.yaml
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache
