@@ -83,6 +83,7 @@ class Report:
     synthesis: dict[str, Any] = field(default_factory=dict)
     data_path: dict[str, Any] = field(default_factory=dict)
     command: str = ""
+    image: str = ""  # H x W of the timed steps
 
 
 def sync(device: torch.device) -> None:
@@ -311,6 +312,7 @@ def main(argv: Optional[list[str]] = None) -> Report:
     for case in cases:
         cfg = case_config(args, case)
         flops = step_flops(cfg, args.batch, device)
+        rep.image = "x".join(str(v) for v in cfg.data.image_size)
         for variant in variants:
             row = Row(case, variant, gflop_per_step=flops / 1e9)
             try:
@@ -339,9 +341,8 @@ def main(argv: Optional[list[str]] = None) -> Report:
 
 
 def print_report(rep: Report, args: argparse.Namespace) -> None:
-    h = args.size or "config"
     print()
-    print(f"Training step, batch {args.batch}, image {h} px, median of {args.steps} steps after {args.warmup} warm-up; "
+    print(f"Training step, batch {args.batch}, image {rep.image} px, median of {args.steps} steps after {args.warmup} warm-up; "
           f"{rep.device}; share = achieved / measured {rep.matrix_dtype} matrix rate ({rep.matrix_tflops:.2f} TFLOP/s)")
     print(f"| case | variant | ms/step | images/s | GFLOP/step | achieved TFLOP/s | share | peak memory MB | note |")
     print("|---|---|---|---|---|---|---|---|---|")
