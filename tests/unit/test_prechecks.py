@@ -201,6 +201,13 @@ def test_an_outage_wrapped_by_tune_is_still_an_outage():
     assert isinstance(found, TrackingUnavailable) and str(found) == str(original)
     assert outage_in(TuneError("Traceback ...\nValueError: a bug in a trial")) is None
     assert outage_in(original) is original
+    try:
+        try:
+            raise original
+        except Exception:
+            raise KeyboardInterrupt                    # Ctrl+C during the outage's clean-up: still exit 130
+    except KeyboardInterrupt as ctrl_c:
+        assert outage_in(ctrl_c) is None
 
 
 # --- the command-line front ---------------------------------------------------------------------

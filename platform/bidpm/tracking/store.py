@@ -63,8 +63,11 @@ def outage_in(exc: BaseException) -> Optional["TrackingUnavailable"]:
     Tune re-raises an exception from some callback hooks (``on_trial_result``) as a ``TuneError`` whose
     message is the formatted traceback, so which type reaches ``tuner.fit``'s caller depends on which
     hook met the outage first. Found here through ``__cause__``/``__context__``, else from the
-    traceback text (its last ``TrackingUnavailable:`` line), so every outage exits as one.
+    traceback text (its last ``TrackingUnavailable:`` line), so every outage exits as one. A Ctrl+C or
+    exit met while handling an outage stays what it is (its own exit code, not the outage's).
     """
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return None
     seen: set[int] = set()
     e: Optional[BaseException] = exc
     while e is not None and id(e) not in seen:
