@@ -211,7 +211,7 @@ def main() -> None:
     if cached is not None:
         grid_rows, grid_s = cached
     else:
-        from bidpm.data.storage import write_bytes_atomic
+        from bidpm.io.storage import write_bytes_atomic
 
         grid_rows, grid_s = run_grid(args)
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -180,7 +180,7 @@ def _watch(address: str, interval_s: float) -> None:
     from ray.core.generated import gcs_pb2
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-    from bidpm.tune.nodes import summarise
+    from bidpm.raycluster.nodes import summarise
 
     client = GcsClient(address=address)
     t0 = time.monotonic()

@@ -107,7 +107,7 @@ def run_main(main: Callable[..., Optional[int]], argv: Optional[Sequence[str]] =
     """Run a job's main. Known user errors: one line ``error: ...``, exit 2. Resumable stops (tracking
     server gone, study stalled): the message and the command that resumes, exit 75. Ctrl+C / SIGTERM: exit
     130 with the same command. Anything else is a bug: its traceback, exit 1. The MLflow runs a job opened
-    are ended (FAILED / KILLED) by the job itself on every path (``tune.launch``, ``tune.study``)."""
+    are ended (FAILED / KILLED) by the job itself on every path (``tune.experiment.ExperimentRuns``)."""
     try:
         code = main(argv)
     except KeyboardInterrupt as exc:
@@ -123,8 +123,8 @@ def run_main(main: Callable[..., Optional[int]], argv: Optional[Sequence[str]] =
         if isinstance(exc, _resumable_errors()):
             print(f"error: {str(exc).strip()}. To resume, rerun the same command: {rerun_command()}", file=sys.stderr)
             sys.exit(EXIT_RESUMABLE)
-        failed = sys.modules.get("bidpm.tune.launch")
-        if failed is not None and isinstance(exc, failed.StudyFailed):   # ran, nothing usable: where to look
+        failed = sys.modules.get("bidpm.tune.experiment")
+        if failed is not None and isinstance(exc, failed.ExperimentFailed):   # ran, nothing usable: where to look
             print(f"error: {str(exc).strip()}", file=sys.stderr)
             sys.exit(1)
         if not isinstance(exc, _user_errors()):

@@ -1,7 +1,7 @@
 """What "best" means, decided in one place: a reported metric and whether higher or lower wins.
 
 Used wherever a best is chosen - checkpoint retention (``train.launch``), the best epoch of a trial
-(``tune.callback`` and ``tune.summary``, which therefore pick the same checkpoint from the same reported
+(``tune.mlflow`` and ``search.table``, which therefore pick the same checkpoint from the same reported
 results), the best trial of a study, the best checkpoint of a training run (``commands.train``) and the
 challenger-vs-champion promotion (``tracking.registry``). Ties go to the earlier item (the first epoch
 that reached the value; the current champion), and NaN / missing values never win. Pure Python.

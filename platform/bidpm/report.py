@@ -1,27 +1,20 @@
-"""Tables and figures of evaluations, for people: step-count tables (paper Fig. 7 layout), volume tables
-(paper Table 5). A study's tables and figures are in ``study_report``. Every table ends with the value scale's
-note (``evaluation.scale_note``) so its numbers can be compared with papers. Files are written atomically.
+"""Tables and figures of one evaluation, for people: the step-count table (paper Fig. 7 layout) and the
+volume table (paper Table 5). Every table ends with the value scale's note (``evaluation.scale_note``),
+so its numbers can be compared with papers. A study's tables are ``bidpm.study.report``'s.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any
 
-from .data.storage import write_bytes_atomic
 from .evaluation import METRICS, SHORT, Evaluation, scale_note
+from .io.storage import write_bytes_atomic
+from .plots import png_bytes, pyplot
+from .tables import fixed_width
 
 DIRS = tuple(SHORT.values())  # fwd, bwd
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Unique temp name beside ``path`` + rename: never a partial file under the real name."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(str(p), data)
-    return p
 
 
 def _cell(mean: Any, std: Any, metric: str) -> str:
@@ -29,12 +22,6 @@ def _cell(mean: Any, std: Any, metric: str) -> str:
         return "-"
     fmt = "{:.2f}" if "psnr" in metric or metric.startswith("hu_mae") else "{:.4f}"
     return f"{fmt.format(mean)}±{fmt.format(std)}"
-
-
-def _table(head: list[str], body: list[list[str]]) -> str:
-    widths = [max(len(c) for c in col) for col in zip(head, *body)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
 def grid_rows(ev: Evaluation) -> list[dict[str, Any]]:
@@ -52,7 +39,7 @@ def format_grid_table(ev: Evaluation) -> str:
     head = ["grid", "N"] + [f"{d} {m.upper()}" for d in DIRS for m in METRICS]
     body = [[r["label"], str(r["steps"])] + [_cell(r[f"{d}_{m}_mean"], r[f"{d}_{m}_std"], m) for d in DIRS for m in METRICS]
             for r in grid_rows(ev)]
-    return _table(head, body) + f"\n{scale_note(ev.scale)}; mean±std over {int(ev.main.summary(ev.split)[f'{ev.split}/images'])} slices"
+    return fixed_width(head, body) + f"\n{scale_note(ev.scale)}; mean±std over {int(ev.main.summary(ev.split)[f'{ev.split}/images'])} slices"
 
 
 def format_volume_table(ev: Evaluation) -> str:
@@ -68,15 +55,14 @@ def format_volume_table(ev: Evaluation) -> str:
             f"3-D: 7x7x7 uniform-window SSIM in the mask, value scale as the slices ({scale_note(ev.scale)}); "
             "SynthRAD: the challenge's MAE (HU) / PSNR / SSIM on [-1024, 3000] HU")
     skipped = f"\nskipped (NaN): {', '.join(f'{k}: {v}' for k, v in ev.volumes_skipped.items())}" if ev.volumes_skipped else ""
-    return _table(head, body) + "\n" + note + skipped
+    return fixed_width(head, body) + "\n" + note + skipped
 
 
 def plot_steps(ev: Evaluation, path: str | Path, title: str) -> Path:
     """Quality vs Euler steps, both directions, one panel per metric (paper Fig. 7 layout), error bars = std."""
-    import matplotlib
+    import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = grid_rows(ev)
     uniform = sorted((r for r in rows if r["label"].startswith("uniform")), key=lambda r: r["steps"])
@@ -99,13 +85,5 @@ def plot_steps(ev: Evaluation, path: str | Path, title: str) -> Path:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{title}\n{scale_note(ev.scale)}", fontsize=8)
     fig.tight_layout()
-    return write_atomic(path, _png(fig))
-
-
-def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=110, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    write_bytes_atomic(str(path), png_bytes(fig))
+    return Path(path)

@@ -98,36 +98,46 @@ def store(tmp_path_factory):
     return "sqlite:///" + str(tmp_path_factory.mktemp("store") / "mlflow.db")
 
 
-def _study(tmp_path: Path, monkeypatch, store: str, name: str, fit):
-    """run_study with the Ray-dependent steps stubbed (no Ray): ``fit`` plays the Tune run."""
+class _FakeTuner:
+    """Plays ``tuner.fit()`` with ``fit(cfg, callbacks)``: the Ray-free stand-in for the search's Tune run."""
+
+    def __init__(self, fit, cfg, callbacks):
+        self._fit, self._cfg, self._callbacks = fit, cfg, callbacks
+
+    def fit(self):
+        return self._fit(self._cfg, self._callbacks)
+
+
+def _search(tmp_path: Path, monkeypatch, store: str, name: str, fit):
+    """run_search with the Ray-dependent steps stubbed (no Ray): ``fit`` plays the Tune run."""
     from bidpm import tracking
     from bidpm.config import load_config
-    from bidpm.tune import launch
+    from bidpm.search import run
+    from bidpm.tune.experiment import Preflight
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config(None, [f"output_dir={tmp_path / name}", f"tracking.tracking_uri={store}", "tracking.experiment_name=t",
                              f"tune.experiment_name={name}", "tracking.register_best=false"])
-    monkeypatch.setattr(launch, "check_fits", lambda cfg: None)
-    monkeypatch.setattr("bidpm.data.shards.prepare_shards", lambda cfg: None)
-    monkeypatch.setattr("bidpm.data.manifest.load_manifest", lambda cfg: {"content_digest": "d0", "location": "/x"})
-    monkeypatch.setattr(launch, "checked_datasets", lambda cfg: {})
+    client, exp_id = tracking.connect(cfg)
+    monkeypatch.setattr(run, "preflight", lambda cfg, registry=False: Preflight(client, exp_id, {"content_digest": "d0"}))
+    monkeypatch.setattr("bidpm.train.launch.checked_datasets", lambda cfg: {})
     monkeypatch.setattr(tracking, "log_dataset", lambda *a, **k: None)
-    monkeypatch.setattr(launch, "_fit", fit)
-    client, _ = tracking.connect(cfg)
+    monkeypatch.setattr(run, "_tuner", lambda cfg, folder, datasets, callbacks, print_fn: _FakeTuner(fit, cfg, callbacks))
+    monkeypatch.setattr(run, "check_finished", lambda results, expected, where: results)
     return cfg, client
 
 
 def _open_trial(cb, trial_id="t1"):
-    """What the callback does at a trial's start: a RUNNING child run of the study."""
+    """What the callback does at a trial's start: a RUNNING child run of the search."""
     from bidpm import tracking
 
     return tracking.trial_run(cb.client, cb.experiment_id, cb.parent_run_id, cb.cfg.tune.experiment_name, trial_id,
                               f"trial_{trial_id}", cb.cfg, {})
 
 
-def test_every_exit_of_a_study_ends_its_runs(tmp_path, monkeypatch, store):
+def test_every_exit_of_a_search_ends_its_runs(tmp_path, monkeypatch, store):
     from bidpm import tracking
-    from bidpm.tune import launch
+    from bidpm.search import run
     from bidpm.tune.watchdog import StudyStalled
 
     cases = {"bug": (RuntimeError("a bug"), "FAILED"), "ctrl_c": (KeyboardInterrupt(), "KILLED"),
@@ -136,33 +146,33 @@ def test_every_exit_of_a_study_ends_its_runs(tmp_path, monkeypatch, store):
     for name, (error, status) in cases.items():
         seen = {}
 
-        def fit(cfg, exp_dir, datasets, callbacks, print_fn, error=error):
+        def fit(cfg, callbacks, error=error):
             seen["parent"], seen["child"] = callbacks[0].parent_run_id, _open_trial(callbacks[0])
             raise tracking.unavailable(cfg, ConnectionError("refused"), "logging") if error == "outage" else error
 
-        cfg, client = _study(tmp_path, monkeypatch, store, name, fit)
+        cfg, client = _search(tmp_path, monkeypatch, store, name, fit)
         with pytest.raises(BaseException) as e:
-            launch.run_study(cfg, print_fn=lambda s: None)
+            run.run_search(cfg, print_fn=lambda s: None)
         assert not isinstance(e.value, AssertionError), name
         assert (client.get_run(seen["parent"]).info.status, client.get_run(seen["child"]).info.status) == (status, status), name
 
 
 def test_a_killed_drivers_open_trial_runs_are_ended_as_tune_saw_them(tmp_path, monkeypatch, store):
     """A run the callback never ended (its driver was SIGKILLed at the trial's end) is swept after the fit."""
-    from bidpm.tune import launch
-    from bidpm.tune.launch import StudyResult
+    from bidpm.search import run
 
     seen = {}
 
-    def fit(cfg, exp_dir, datasets, callbacks, print_fn):
+    def fit(cfg, callbacks):
         seen["done"], seen["failed"] = _open_trial(callbacks[0], "t1"), _open_trial(callbacks[0], "t2")
-        rows = [{"trial": "t1", "status": "finished"}, {"trial": "t2", "status": "error"}]
-        return StudyResult(exp_dir, rows, "t1", None, None, None, None), cfg, {"trial": "t1", "objective": 0.5}
+        return "results"
 
-    cfg, client = _study(tmp_path, monkeypatch, store, "sweep", fit)
-    monkeypatch.setattr(launch, "_track_study", lambda client, cfg, best_cfg, parent, rows, best, out, print_fn:
-                        client.set_terminated(parent, status="FINISHED"))
-    out = launch.run_study(cfg, print_fn=lambda s: None)
+    cfg, client = _search(tmp_path, monkeypatch, store, "sweep", fit)
+    rows = [{"trial": "t1", "status": "finished"}, {"trial": "t2", "status": "error"}]
+    monkeypatch.setattr(run, "_summarise", lambda cfg, folder, results, print_fn:
+                        (run.SearchResult(folder, rows, "t1"), cfg))
+    monkeypatch.setattr(run, "register_best", lambda *a, **k: (None, None))
+    out = run.run_search(cfg, print_fn=lambda s: None)
     assert client.get_run(seen["done"]).info.status == "FINISHED"
     assert client.get_run(seen["failed"]).info.status == "FAILED"
     assert client.get_run(out.parent_run_id).info.status == "FINISHED"
@@ -172,16 +182,16 @@ def test_the_journal_of_an_outage_is_written_once_by_the_next_driver(tmp_path, m
     """What an outage left unwritten (the epoch's metrics, the trial's end) is replayed, in order, once."""
     from bidpm import tracking
     from bidpm.config import load_config
-    from bidpm.tune.callback import _write_journal, replay_journal
+    from bidpm.tracking.journal import replay_journal, write_journal
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config(None, [f"output_dir={tmp_path}", f"tracking.tracking_uri={store}", "tracking.experiment_name=j"])
     client, exp_id = tracking.connect(cfg)
     run = client.create_run(exp_id).info.run_id
     journal = str(tmp_path / "journal.jsonl")
-    _write_journal(journal, [{"op": "metrics", "run": run, "step": 1, "metrics": {"val/ssim_mean": 0.5, "epoch": 1.0}},
-                             {"op": "tag", "run": run, "key": "bidpm.best_objective", "value": "0.5"},
-                             {"op": "status", "run": run, "status": "FINISHED"}])
+    write_journal(journal, [{"op": "metrics", "run": run, "step": 1, "metrics": {"val/ssim_mean": 0.5, "epoch": 1.0}},
+                            {"op": "tag", "run": run, "key": "bidpm.best_objective", "value": "0.5"},
+                            {"op": "status", "run": run, "status": "FINISHED"}])
     assert replay_journal(client, journal, cfg, print_fn=lambda s: None) == 3
     assert replay_journal(client, journal, cfg, print_fn=lambda s: None) == 0 and not Path(journal).exists()
     r = client.get_run(run)

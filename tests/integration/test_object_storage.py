@@ -184,13 +184,13 @@ def _train_workers(job: subprocess.Popen) -> list[psutil.Process]:
 
 
 def test_storage_round_trip_and_checkpoint_download_on_s3(s3, tmp_path, monkeypatch):
-    """bidpm.data.storage on the real server (seconds, no Ray): atomic writes leave no temp object, a
+    """bidpm.io.storage on the real server (seconds, no Ray): atomic writes leave no temp object, a
     folder uploaded the way Ray Train uploads checkpoints (pyarrow, with a directory marker) downloads
     (copy_files alone failed on it), and a location carrying credentials is refused, the secret unprinted."""
     import pyarrow.fs as pafs
 
-    from bidpm.data import storage
-    from bidpm.tune.checkpoints import local_checkpoint
+    from bidpm.io import storage
+    from bidpm.io.checkpoints import local_checkpoint
 
     env, client = s3
     for k, v in env.items():

@@ -88,11 +88,11 @@ def check_store(cfg, n_trials: int) -> None:
 
 def test_study_tracks_registers_and_resumes(tmp_path, ray_session, capsys):
     from bidpm.data.shards import prepare_shards
-    from bidpm.tune.launch import run_study
+    from bidpm.search.run import run_search
 
     cfg = load_config(write_tiny(tmp_path, tmp_path / "out"))
     prepare_shards(cfg)
-    res = run_study(cfg)
+    res = run_search(cfg)
     assert not res.reused and len(res.rows) == 2
     assert all(r["status"] in ("finished", "stopped") for r in res.rows)
     assert any(r["status"] == "finished" for r in res.rows)
@@ -106,7 +106,7 @@ def test_study_tracks_registers_and_resumes(tmp_path, ray_session, capsys):
 
     # rerun: finished study is reported, nothing runs, nothing new in MLflow
     trial_dirs = sorted(p.name for p in Path(res.experiment_dir).glob("trial_*"))
-    again = run_study(cfg)
+    again = run_search(cfg)
     assert again.reused and again.rows == res.rows and again.model_version == res.model_version
     assert sorted(p.name for p in Path(res.experiment_dir).glob("trial_*")) == trial_dirs
     assert "already finished" in capsys.readouterr().out
@@ -114,25 +114,29 @@ def test_study_tracks_registers_and_resumes(tmp_path, ray_session, capsys):
 
 
 def test_unreachable_tracking_fails_before_any_trial(tmp_path, ray_session):
-    from bidpm.tune.launch import experiment_dir, run_study
+    from bidpm.search.run import run_search
+    from bidpm.tune.names import experiment_dir
 
     cfg = load_config(write_tiny(tmp_path, tmp_path / "out"), [f"tracking.tracking_uri=http://127.0.0.1:{_free_port()}"])
     with pytest.raises(tracking.TrackingError, match="unreachable"):
-        run_study(cfg)
-    assert not Path(experiment_dir(cfg)).exists()
+        run_search(cfg)
+    assert not Path(experiment_dir(cfg, cfg.tune.experiment_name)).exists()
 
 
 def test_finished_study_is_recognised_on_uri_storage(tmp_path):
-    """study.json goes through bidpm.data.storage: a study stored under a URI (file:// stands in for
+    """study.json goes through bidpm.io.storage: a study stored under a URI (file:// stands in for
     s3:// / gs://, same pyarrow path) is read back as finished; no Ray needed."""
-    from bidpm.tune.launch import STUDY_FILE, _write_text, experiment_dir, load_finished
+    from bidpm.io.storage import write_bytes_atomic
+    from bidpm.search.run import STUDY_FILE, load_finished
+    from bidpm.tune.names import experiment_dir
 
     cfg = load_config(write_tiny(tmp_path, tmp_path / "out"), [f"train.storage_path={(tmp_path / 'store').as_uri()}"])
-    assert experiment_dir(cfg).startswith("file://") and load_finished(cfg) is None
+    folder = experiment_dir(cfg, cfg.tune.experiment_name)
+    assert folder.startswith("file://") and load_finished(cfg) is None
     (tmp_path / "store" / cfg.tune.experiment_name).mkdir(parents=True)
-    record = {"experiment_dir": experiment_dir(cfg), "rows": [{"trial": "a1", "objective": 0.5}], "best_trial": "a1",
+    record = {"experiment_dir": folder, "rows": [{"trial": "a1", "objective": 0.5}], "best_trial": "a1",
               "best_config_path": None, "parent_run_id": None, "model_version": "3", "promotion": None}
-    _write_text(experiment_dir(cfg) + "/" + STUDY_FILE, json.dumps(record))
+    write_bytes_atomic(folder + "/" + STUDY_FILE, json.dumps(record).encode())
     done = load_finished(cfg)
     assert done is not None and done.reused and done.model_version == "3" and done.rows == record["rows"]
     assert [p.name for p in (tmp_path / "store" / cfg.tune.experiment_name).iterdir()] == [STUDY_FILE]  # no temp left

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bidpm.data import phantom as ph
-from bidpm.data import storage
+from bidpm.io import storage
 from bidpm.data.geometry import rebuild_volume
 from bidpm.data.layouts import SubjectFiles, discover
 from bidpm.data.manifest import DataError

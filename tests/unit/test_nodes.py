@@ -1,8 +1,8 @@
-"""bidpm.tune.nodes: the node timeline a study prints on an autoscaling cluster (pure parts, no Ray)."""
+"""bidpm.raycluster.nodes: the node timeline a study prints on an autoscaling cluster (pure parts, no Ray)."""
 
 from __future__ import annotations
 
-from bidpm.tune.nodes import HEAD_RESOURCE, NodeSample, NodeTimeline, change_line, format_timeline, summarise
+from bidpm.raycluster.nodes import HEAD_RESOURCE, NodeSample, NodeTimeline, change_line, format_timeline, summarise
 
 HEAD = {"Alive": True, "Resources": {"CPU": 2.0, HEAD_RESOURCE: 1.0, "node:10.0.0.1": 1.0, "memory": 1e9}}
 

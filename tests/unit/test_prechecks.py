@@ -259,7 +259,7 @@ def test_interrupt_exits_130_and_bugs_keep_their_traceback(capsys):
 # --- writes that fail leave nothing that looks complete --------------------------------------------
 def test_atomic_write_that_fails_leaves_no_temp_and_no_target(tmp_path):
     """The rename fails (a folder sits where the file goes): the temp file is removed, nothing else appears."""
-    from bidpm.data import storage
+    from bidpm.io import storage
 
     (tmp_path / "manifest.json" / "x").mkdir(parents=True)
     with pytest.raises(OSError):
@@ -268,7 +268,8 @@ def test_atomic_write_that_fails_leaves_no_temp_and_no_target(tmp_path):
 
 
 def test_manifest_write_that_fails_is_a_data_error_and_drops_the_version(tmp_path, monkeypatch):
-    from bidpm.data import shards, storage
+    from bidpm.data import shards
+    from bidpm.io import storage
     from bidpm.data.manifest import DataError
 
     version = tmp_path / "abc" / "v1"

@@ -1,5 +1,5 @@
-"""The define-by-run search space: conditionality, valid grids/weights, config errors; plus the tune
-package's pure driver helpers (checkpoint locations, per-trial config, the Ray runtime env). No Ray."""
+"""The define-by-run search space: conditionality, valid grids/weights, config errors; plus the pure
+driver helpers around it (checkpoint locations, per-trial config, the Ray runtime env). No Ray."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import optuna
 import pyarrow.fs as pafs
 import pytest
 
-from bidpm.config import ConfigError, load_config
-from bidpm.method import check_grid
-from bidpm.tune import checkpoints
-from bidpm.tune.checkpoints import checkpoint_location, local_checkpoint
-from bidpm.tune.space import apply_to, define_by_run, free_grid, overrides_of, sample_overrides, trial_config, warp_grid
+from bidpm.config import ConfigError, load_config, with_overrides
+from bidpm.io import checkpoints
+from bidpm.io.checkpoints import checkpoint_location, local_checkpoint
+from bidpm.search.space import define_by_run, free_grid, overrides_of, sample_overrides, trial_config, warp_grid
+from bidpm.timegrid import check_grid
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -64,7 +64,7 @@ def test_grids_are_strictly_increasing_from_0_to_1(placement):
             if all(b - a >= cfg.tune.space.min_gap for a, b in zip([0.0, *raw], [*raw, 1.0])):
                 assert grid[1:-1] == pytest.approx(raw, abs=1e-6)
         # every resolved override validates as a real Config
-        trial_cfg = apply_to(cfg, ov)
+        trial_cfg = with_overrides(cfg, ov)
         assert trial_cfg.method.time_grid == grid
         assert trial_cfg.method.n_steps == n
     assert seen_n == {1, 2, 3, 4}
@@ -186,7 +186,7 @@ def test_moderate_warp_is_the_plain_power_law():
 def test_warp_sampled_with_a_huge_gamma_range_validates():
     cfg = _cfg("tune.space.grid_placement=warp", "tune.space.warp_gamma=[20,80]", "tune.space.n_steps=[4]")
     for _, ov in _draws(cfg, 10):
-        assert apply_to(cfg, ov).method.time_grid == ov["method.time_grid"]
+        assert with_overrides(cfg, ov).method.time_grid == ov["method.time_grid"]
 
 
 def test_trial_config_ranks_checkpoints_by_the_study_metric():
@@ -246,10 +246,10 @@ def test_local_checkpoint_downloads_a_remote_folder(tmp_path, monkeypatch):
 def test_driver_runtime_env_avoids_a_second_py_modules():
     """Inside `ray job submit` whose runtime env ships py_modules, ray.init must get none (Ray refuses
     to merge the same field); elsewhere the driver ships the package itself."""
-    from bidpm.raycluster import JOB_CONFIG_ENV, PACKAGE_DIR, driver_runtime_env
+    from bidpm.raycluster.connect import JOB_CONFIG_ENV, PACKAGE_DIR, driver_runtime_env
 
     own = {"py_modules": [str(PACKAGE_DIR)]}
-    assert Path(PACKAGE_DIR, "raycluster.py").is_file()
+    assert Path(PACKAGE_DIR).name == "bidpm" and Path(PACKAGE_DIR, "raycluster", "connect.py").is_file()
     assert driver_runtime_env({}) == own
     job = {"runtime_env": {"working_dir": "gcs://_ray_pkg_a.zip", "py_modules": ["gcs://_ray_pkg_b.zip"]}, "metadata": {}}
     assert driver_runtime_env({JOB_CONFIG_ENV: json.dumps(job)}) is None

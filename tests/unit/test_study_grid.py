@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from bidpm import study_report as R
+from bidpm.study import figures as F
+from bidpm.study import tables as R
 from bidpm.config import ConfigError, load_config
-from bidpm.tune.cells import cell_config, cell_grids, check_cells, expand_cells
+from bidpm.study.cells import SPEC_FILE, cell_config, cell_grids, check_cells, check_spec, expand_cells, study_dir
 
 BASE = ["method.paired_distance=l2", "model.base_channels=8", "model.groups=4", "model.channel_mults=[1,2]",
         "data.image_size=[16,16]", "study.seeds=[0,1]", "study.pairing_ratios=[1.0,0.1]", "study.baseline_nfe=[1,2,5]",
@@ -89,8 +90,6 @@ def test_train_fraction_is_a_nested_subject_subset():
 
 
 def test_a_study_folder_of_another_design_is_refused(tmp_path):
-    from bidpm.tune.study import SPEC_FILE, check_spec, study_dir
-
     c = cfg(f"output_dir={tmp_path}")
     check_spec(c)
     assert json.loads((tmp_path / "ray_results" / c.study.name / SPEC_FILE).read_text())["digest"]
@@ -102,7 +101,7 @@ def test_a_study_folder_of_another_design_is_refused(tmp_path):
 
 # --- the report ---------------------------------------------------------------------------------------
 def _cell(label, method, ratio, seed, grids, rng):
-    """A scored cell as tune.study writes it; values[d][m] per image (10 images)."""
+    """A scored cell as bidpm.study.score writes it; values[d][m] per image (10 images)."""
     ids = [["s0", k] for k in range(10)]
     out = []
     for g_label, steps, train, shift in grids:
@@ -166,8 +165,8 @@ def test_significance_is_a_paired_bootstrap_of_seed_averaged_images(scored):
 
 def test_figures_and_csv(scored):
     c, cells = scored
-    png5, rows5 = R.figure5(cells, c)
-    png7, rows7 = R.figure7(cells, c, 1.0)
+    png5, rows5 = F.figure5(cells, c)
+    png7, rows7 = F.figure7(cells, c, 1.0)
     assert png5[:8] == png7[:8] == b"\x89PNG\r\n\x1a\n"
     assert {(r["method"], r["paired_pct"]) for r in rows5} == {("B", 100.0), ("B", 10.0), ("RF", 100.0), ("RF", 10.0)}
     assert sorted(r["nfe"] for r in rows7 if r["method"] == "RF") == [1, 5]

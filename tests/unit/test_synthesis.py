@@ -16,7 +16,7 @@ from torch import nn
 from bidpm.config import load_config
 from bidpm.data.normalise import ct_params
 from bidpm.data.phantom import write_phantoms
-from bidpm.io import NiftiError, load_nifti
+from bidpm.io.nifti import NiftiError, load_nifti
 from bidpm.synthesis import (
     MR_OUTPUT_RANGE, SynthesisError, synthesize_file, synthesize_slices, synthesize_volume,
 )

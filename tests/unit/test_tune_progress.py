@@ -1,11 +1,13 @@
-"""The compact study progress table (bidpm.tune.progress): formatting from plain dicts, print timing."""
+"""The search's compact live table (bidpm.search.table) and when the reporter prints it (bidpm.tune.reporter):
+formatting from plain dicts, print timing."""
 
 from __future__ import annotations
 
 import pickle
 
 from bidpm.config import Config
-from bidpm.tune.progress import BidpmReporter, count_line, format_progress, progress_settings
+from bidpm.search.table import SearchReporter, count_line, format_progress
+from bidpm.tune.reporter import progress_settings
 
 
 def _trial(tid, status, grid=(0.0, 1.0), lam=0.0, kernel="rbf", fwd=None, bwd=None, epochs=None):
@@ -64,7 +66,7 @@ class _Clock:
 
 def test_reporter_prints_on_status_change_or_after_interval():
     out, clock = [], _Clock()
-    rep = BidpmReporter(interval_s=30.0, print_fn=out.append, clock=clock, total=2)
+    rep = SearchReporter(interval_s=30.0, print_fn=out.append, clock=clock, total=2)
     rep.setup(total_num_samples=2)
     assert not rep.update([])                                           # nothing to show yet
     assert rep.update([_trial("t1", "PENDING")])                        # first table
@@ -96,13 +98,13 @@ def test_reporter_prints_on_status_change_or_after_interval():
 def test_progress_settings_and_pickle():
     cfg = Config()
     other = object()
-    quiet = progress_settings(cfg, callbacks=[other])
+    quiet = progress_settings(cfg, [other], SearchReporter.for_config(cfg))
     assert quiet["verbose"] == 0 and quiet["callbacks"][0] is other
     rep = quiet["callbacks"][-1]
-    assert isinstance(rep, BidpmReporter) and rep.total == cfg.tune.num_samples and rep.max_epochs == cfg.train.epochs
-    assert isinstance(pickle.loads(pickle.dumps(rep)), BidpmReporter)  # Tune saves callbacks in tuner.pkl
+    assert isinstance(rep, SearchReporter) and rep.total == cfg.tune.num_samples and rep.max_epochs == cfg.train.epochs
+    assert isinstance(pickle.loads(pickle.dumps(rep)), SearchReporter)  # Tune saves callbacks in tuner.pkl
     cfg.tune.verbose = True
-    loud = progress_settings(cfg, callbacks=[other])
+    loud = progress_settings(cfg, [other], SearchReporter.for_config(cfg))
     assert loud == {"verbose": 1, "callbacks": [other]}
 
 
@@ -112,7 +114,7 @@ def test_reporter_pickles_while_tune_has_replaced_print(monkeypatch, capsys):
 
     original = builtins.print
     monkeypatch.setattr(builtins, "print", lambda *a, **k: original(*a, **k))
-    rep = progress_settings(Config())["callbacks"][-1]
+    rep = progress_settings(Config(), [], SearchReporter.for_config(Config()))["callbacks"][-1]
     again = pickle.loads(pickle.dumps(rep))
     again.update([{"trial": "t1", "status": "RUNNING", "config": {}, "result": {}}], done=True)
     assert "t1" in capsys.readouterr().out

@@ -1,6 +1,6 @@
-"""The stall watchdog (issue 13, fault 6) decided on fake trials and a fake cluster state: when a study
-waits, what the live table says, when it stops and with what message. No Ray is started (the
-integration test test_faults.py runs it for real)."""
+"""The stall watchdog decided on fake trials and a fake cluster state: when a study waits, what the live
+table says, when it stops and with what message; and the resource rules it shares with the pre-flight
+check. No Ray is started (the integration test test_faults.py runs it for real)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,18 @@ import pytest
 import ray
 
 from bidpm.config import ConfigError, load_config
+from bidpm.raycluster import resources as R
+from bidpm.search.table import SearchReporter, format_progress
 from bidpm.tune import watchdog as W
-from bidpm.tune.progress import BidpmReporter, format_progress, trial_info
+from bidpm.tune.names import train_run_name
+from bidpm.tune.reporter import trial_info
+
+
+class FakeTrial(SimpleNamespace):
+    """Named as the search names its trials (``trial_<id>``), which is how the watchdog finds the Train run."""
+
+    def __str__(self) -> str:
+        return self.name if hasattr(self, "name") else f"trial_{self.trial_id}"
 
 
 class Clock:
@@ -24,7 +34,7 @@ class Clock:
 
 
 def _trial(tid, status="RUNNING"):
-    return SimpleNamespace(trial_id=tid, status=status, config={"method.time_grid": [0.0, 1.0]},
+    return FakeTrial(trial_id=tid, status=status, config={"method.time_grid": [0.0, 1.0]},
                            run_metadata=SimpleNamespace(last_result={}), local_path=f"/x/{tid}")
 
 
@@ -119,7 +129,7 @@ def test_an_autoscaling_cluster_waits_and_the_table_says_for_what(cluster, capsy
         dog.on_step_end(0, trials)                      # never stops
     assert dog.notes == {"t2": "waiting for 2 GPUs"}
     assert "the cluster autoscales: waiting for nodes" in capsys.readouterr().err
-    reporter = BidpmReporter(print_fn=lambda s: None, watchdog=dog)
+    reporter = SearchReporter(print_fn=lambda s: None, watchdog=dog)
     rows = [trial_info(t, reporter._notes()) for t in trials]
     assert format_progress(rows, total=2).splitlines()[3].endswith("waiting for 2 GPUs")
 
@@ -157,11 +167,14 @@ def test_without_train_state_a_trial_computes_once_it_reported(cluster):
     assert dog.classify(trials, None) == (trials, [])
 
 
-def test_cells_are_matched_to_their_train_runs():
-    dog = W.StallWatchdog("s", {}, 10.0, run_name="cell")
-    t = SimpleNamespace(trial_id="abc_00001", status="RUNNING", config={"cell": "bidpm-r1-s0"})
-    assert dog.train_run_name(t) == "train_bidpm-r1-s0"
-    assert W.StallWatchdog("s", {}, 10.0).train_run_name(t) == "train_abc_00001"
+def test_cells_are_matched_to_their_train_runs(cluster):
+    """A study's trial ``cell_<id>`` trains Train run ``train_<id>``; a search's ``trial_<id>`` trains ``train_<id>``."""
+    assert train_run_name("cell_Bi-DPM-N-1__p50__s0__f100") == "train_Bi-DPM-N-1__p50__s0__f100"
+    assert train_run_name("trial_abc_00001") == "train_abc_00001"
+    cell = FakeTrial(trial_id="abc_00001", status="RUNNING", name="cell_bidpm-r1-s0", config={"cell": "bidpm-r1-s0"})
+    dog = _dog(Clock())
+    assert dog.classify([cell], {"train_bidpm-r1-s0": "RUNNING"}) == ([cell], [])
+    assert dog.classify([cell], {"train_bidpm-r1-s0": "SCHEDULING", "train_abc_00001": "RUNNING"}) == ([], [cell])
 
 
 def test_pickles_without_its_runtime_state():
@@ -174,17 +187,17 @@ def test_pickles_without_its_runtime_state():
 def test_a_trial_larger_than_a_fixed_cluster_is_refused_before_it_starts():
     cfg = load_config(None, ["train.num_workers=4", "train.cpus_per_worker=1"])
     with pytest.raises(ConfigError) as e:
-        W.check_fits(cfg, limit={"CPU": 2.0}, can_grow=False)
+        R.check_fits(cfg, limit={"CPU": 2.0}, can_grow=False)
     msg = str(e.value)
     assert "one trial needs 4.25 CPUs (the cluster has 2)" in msg and "train.num_workers=4" in msg
     with pytest.raises(ConfigError, match="1 GPU .*has 0"):
-        W.check_fits(load_config(None, ["train.use_gpu=true", "train.num_workers=1"]), limit={"CPU": 8.0},
+        R.check_fits(load_config(None, ["train.use_gpu=true", "train.num_workers=1"]), limit={"CPU": 8.0},
                      can_grow=False, with_trial=False)
-    W.check_fits(load_config(None, []), limit={"CPU": 2.0}, can_grow=False)
-    W.check_fits(cfg, limit={"CPU": 64.0}, can_grow=True)                 # an autoscaler's maximum
+    R.check_fits(load_config(None, []), limit={"CPU": 2.0}, can_grow=False)
+    R.check_fits(cfg, limit={"CPU": 64.0}, can_grow=True)                 # an autoscaler's maximum
 
 
 def test_amounts_read_naturally():
-    assert W.waiting_note({"GPU": 2.0, "CPU": 0.5}) == "waiting for 2 GPUs, 0.5 CPU"
-    assert W.amount(1.0, "GPU") == "1 GPU" and W.amount(3.0, "accelerator_slot") == "3 'accelerator_slot'"
-    assert W.shortfall({"CPU": 1.0, "GPU": 1.0}, {"CPU": 2.0}) == {"GPU": 1.0}
+    assert R.waiting_note({"GPU": 2.0, "CPU": 0.5}) == "waiting for 2 GPUs, 0.5 CPU"
+    assert R.amount(1.0, "GPU") == "1 GPU" and R.amount(3.0, "accelerator_slot") == "3 'accelerator_slot'"
+    assert R.shortfall({"CPU": 1.0, "GPU": 1.0}, {"CPU": 2.0}) == {"GPU": 1.0}

@@ -36,13 +36,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def ablation_config(cfg: Any, ratios: Sequence[float]) -> Any:
     """The study the ablation is: the config's method as the only row, its seed, ``ratios``."""
-    from ..tune.space import apply_to
+    from ..config import with_overrides
 
     m = cfg.method
     label = f"{m.name} N={m.n_steps}" if m.name == "bidpm" else m.name
     row = {"label": label, "name": m.name}
     if m.name == "bidpm":
         row.update(time_grid=list(m.time_grid), step_weights=list(m.step_weights))
-    return apply_to(cfg, {"study.name": f"ablate_pairing-{cfg.name}", "study.methods": [row],
+    return with_overrides(cfg, {"study.name": f"ablate_pairing-{cfg.name}", "study.methods": [row],
                           "study.pairing_ratios": sorted(set(float(r) for r in ratios), reverse=True),
                           "study.seeds": [cfg.train.seed], "study.train_fractions": [1.0]})

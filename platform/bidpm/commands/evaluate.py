@@ -56,7 +56,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run_evaluation(cfg, args, steps: list[int]) -> int:
     """Load the model, score it (``evaluation.evaluate_split``), print the tables, write JSON / plot."""
     from ..evaluation import evaluate_split, grids_for
-    from ..report import format_grid_table, format_volume_table, grid_rows, plot_steps, write_atomic
+    from ..io.storage import write_bytes_atomic
+    from ..report import format_grid_table, format_volume_table, grid_rows, plot_steps
     from ..trained import load_trained, pick_device
 
     explicit = config_given(args)
@@ -82,7 +83,7 @@ def run_evaluation(cfg, args, steps: list[int]) -> int:
     if args.json == "-":
         print(json.dumps(result, indent=2))
     elif args.json:
-        write_atomic(args.json, json.dumps(result, indent=2).encode())
+        write_bytes_atomic(args.json, json.dumps(result, indent=2).encode())
         print(f"wrote {args.json}")
     if args.plot:
         plot_steps(ev, args.plot, f"{model.origin} - {args.split} split, {len(ev.ids)} slices ({src}<->{tgt})")

@@ -24,10 +24,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..data.manifest import DataError
     from ..data.shards import prepare_shards
     from ..raycluster import connect_ray
-    from ..train.launch import best_checkpoint, run_training
-    from ..tune.checkpoints import checkpoint_location
-    from ..tune.launch import checked_datasets
-    from ..tune.watchdog import check_fits
+    from ..io.checkpoints import checkpoint_location
+    from ..raycluster.resources import check_fits
+    from ..train.launch import best_checkpoint, checked_datasets, run_training
 
     connect_ray(log_to_driver=True)          # the training loop's progress lines are the job's output
     check_fits(cfg, with_trial=False)        # on a fixed cluster Ray Train would wait for workers forever

@@ -9,7 +9,7 @@ finished one without rerunning it. Shards (phantoms too, for data.layout=phantom
 use. The console shows a compact live table of the trials; tune.verbose=true shows Ray Tune's own
 per-trial output instead. Connects to the Ray cluster named by RAY_ADDRESS (or the job's cluster),
 else starts a local Ray; the bidpm package is shipped to every worker in the runtime env (by the
-job's runtime env under `ray job submit`, see bidpm/raycluster.py). Under `ray job submit` the upload
+job's runtime env under `ray job submit`, see bidpm/raycluster/connect.py). Under `ray job submit` the upload
 has no .git: pass tracking.git_commit=$(git rev-parse HEAD) to tag the runs with the commit.
 """
 
@@ -28,15 +28,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_job(cfg, "tune_steps")             # writable locations, splits: before MLflow, Ray or data
     from .. import tracking
     from ..raycluster import connect_ray
-    from ..tune.launch import run_study
+    from ..raycluster.nodes import NodeTimeline
+    from ..search.run import run_search
 
     if cfg.tracking.enabled:
         tracking.connect(cfg)                # fail fast: before Ray, data or any trial
     connect_ray()
-    from ..tune.nodes import NodeTimeline
-
     with NodeTimeline() as nodes:            # on an autoscaling cluster: the nodes the trials brought up
-        result = run_study(cfg)
+        result = run_search(cfg)
     if nodes.on_cluster:
         print(nodes.format())
     print()

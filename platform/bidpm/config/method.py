@@ -6,6 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
+from ..timegrid import check_grid
 from .base import Section
 
 MethodName = Literal["bidpm", "rf", "icfm", "otcfm", "vpcfm", "cyclegan"]
@@ -56,8 +57,6 @@ class MethodConfig(Section):
     @field_validator("time_grid")
     @classmethod
     def _grid(cls, v: list[float]) -> list[float]:
-        from ..method.solver import check_grid  # the one grid rule (lazy: bidpm.method imports this module)
-
         return check_grid(v, "method.time_grid")
 
     @field_validator("mmd_bandwidth_multipliers")

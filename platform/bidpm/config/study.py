@@ -1,5 +1,5 @@
 """A study (``study:`` section): methods x pairing ratios x seeds [x training-set fractions], each cell
-one Ray Tune trial running one Ray Train run, scored on the test split (``bidpm.tune.study``)."""
+one Ray Tune trial running one Ray Train run, scored on the test split (``bidpm.study``)."""
 
 from __future__ import annotations
 

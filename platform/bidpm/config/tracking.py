@@ -48,7 +48,7 @@ class TrackingConfig(Section):
     MLflow's own defaults (7 retries, exponential back-off, 120 s timeout) blocked a study ~4 minutes
     per call during an outage. With these defaults one call gives up after at most about
     ``(http_max_retries + 1) * http_timeout_s`` plus a few seconds of back-off, and the study stops
-    with the command that resumes it (``bidpm.tune.callback``).
+    with the command that resumes it (``bidpm.tune.mlflow``, ``bidpm.tracking.journal``).
     """
 
     enabled: bool = True

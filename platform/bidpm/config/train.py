@@ -6,6 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
+from ..io.storage import check_no_credentials
 from .base import Section
 
 DEFAULT_MAX_FAILURES = 3  # worker-group restarts from the last checkpoint (preemptible nodes: the common case)
@@ -96,8 +97,6 @@ class TrainConfig(Section):
     @field_validator("storage_path")
     @classmethod
     def _no_credentials(cls, v: str) -> str:
-        from ..data.storage import check_no_credentials   # lazy: bidpm.data imports the config package
-
         check_no_credentials(v)                           # credentials come from the environment, never YAML
         return v
 

@@ -16,7 +16,7 @@ class SearchSpaceConfig(Section):
     """What Optuna may vary (define-by-run; conditional on N and on the pairing ratio).
 
     Ranges are ``[low, high]``; ``low == high`` fixes the value (nothing is sampled). See
-    ``bidpm.tune.space`` for how each entry becomes config overrides.
+    ``bidpm.search.space`` for how each entry becomes config overrides.
     """
 
     n_steps: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], description="candidate N")
@@ -90,7 +90,7 @@ class TuneConfig(Section):
     resume: bool = Field(True, description="same experiment_name: restore and run only the unfinished part")
     verbose: bool = Field(
         False, description="true: Ray Tune's own console output (status tables, per-trial config and result dumps); "
-        "false: only a compact live table of the trials (bidpm.tune.progress)")
+        "false: only a compact live table of the trials (bidpm.search.table)")
     stall_timeout_s: Optional[float] = Field(
         300.0, ge=5.0,
         description="stop the study (with what it waited for and how to go on) when for this long no trial of it "

@@ -21,7 +21,7 @@ from typing import Optional
 
 import pyarrow.fs as pafs
 
-from . import storage
+from ..io import storage
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 

@@ -19,7 +19,7 @@ import json
 import re
 from typing import Any, Iterable
 
-from . import storage
+from ..io import storage
 from .layouts import SubjectFiles
 
 SCHEMA_VERSION = 2  # 2: image columns stored as fixed-size binary (bidpm.data.tensor_columns)

@@ -22,7 +22,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from . import storage
+from ..io import storage
 from .manifest import DataError, load_manifest
 from .pairing import paired_flags
 from .split import SPLITS

@@ -24,7 +24,7 @@ from typing import Optional
 
 import pyarrow as pa
 
-from . import storage
+from ..io import storage
 from .layouts import LayoutError, Problem, SubjectFiles, discover
 from .manifest import (
     CURRENT, MANIFEST, SCHEMA_VERSION, DataError, config_digest, content_digest, input_digest,

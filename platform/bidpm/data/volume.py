@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from bidpm.io.nifti import NiftiError, Volume, from_memory_order, memory_order, read_volume
 
-from . import storage
+from ..io import storage
 from .layouts import Problem, SubjectFiles
 from .normalise import ct_params, mr_params, normalise
 from .slicing import central_slices, mask_slices, resize_slices

@@ -8,10 +8,8 @@ from typing import Optional, Sequence
 import numpy as np
 from torch import Tensor
 
-from ..method.solver import check_grid, uniform_grid
-
-METRICS = ("ssim", "psnr", "mae")
-SHORT = {"forward": "fwd", "backward": "bwd"}
+from ..config.metrics import METRICS, SHORT, summary_keys  # noqa: F401 - the one key schema, re-exported
+from ..timegrid import check_grid, uniform_grid
 
 
 @dataclass(frozen=True)
@@ -94,11 +92,3 @@ class Evaluation:
         if self.volumes is not None:
             out[f"{self.split}/volumes"] = float(len(self.volume_subjects))
         return out
-
-
-def summary_keys(split: str) -> list[str]:
-    """Every key ``GridScores.summary`` produces (for checks of tune.metric / promote_metric names)."""
-    return ([f"{split}/{d}_{m}_{s}" for d in SHORT.values() for m in METRICS for s in ("mean", "std")]
-            + [f"{split}/{m}_mean" for m in METRICS] + [f"{split}/images"])
-
-

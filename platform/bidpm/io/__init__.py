@@ -1,13 +1,7 @@
-"""NIfTI I/O: decode safely, reorient to RAS, save atomically. Imports only numpy and nibabel."""
+"""Bytes in and out: ``nifti`` (decode safely, reorient to RAS, save atomically; numpy + nibabel),
+``storage`` (local paths and object-store URIs through pyarrow filesystems, atomic writes) and
+``checkpoints`` (a trial checkpoint's location with its scheme, and a local copy of it).
 
-from .nifti import (
-    NiftiError,
-    Volume,
-    decode_nifti,
-    from_ras,
-    load_nifti,
-    read_volume,
-    save_nifti,
-)
-
-__all__ = ["NiftiError", "Volume", "decode_nifti", "from_ras", "load_nifti", "read_volume", "save_nifti"]
+Nothing is imported here: ``bidpm.io.storage`` loads pyarrow only (the config checks locations with
+it), ``bidpm.io.nifti`` numpy and nibabel.
+"""

@@ -1,8 +1,8 @@
 """How a learnt field is integrated: the time grid rule and explicit Euler steps (paper Eq. 5, Alg. 2).
 
-Kept apart from the objectives (``base``/``bidpm``/``baselines``: what is learnt) as flow_matching's
-path/solver split does: synthesis and evaluation need only this module and a velocity field, never a
-loss. Imports torch only.
+Kept apart from the objectives (``base``/``bidpm``/``baselines``: what is learnt), as flow_matching's
+path/solver split is: synthesis and evaluation need only this module and a velocity field, never a
+loss. The grid rule itself is ``bidpm.timegrid`` (pure, re-exported here).
 """
 
 from __future__ import annotations
@@ -12,39 +12,18 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..timegrid import check_grid, uniform_grid
+
 Direction = Literal["forward", "backward"]
 DIRECTIONS: tuple[Direction, Direction] = ("forward", "backward")
-GRID_TOL = 1e-9
 
 __all__ = ["DIRECTIONS", "Direction", "check_direction", "check_grid", "euler_integrate", "euler_states", "uniform_grid"]
-
-
-def check_grid(grid: Sequence[float], where: str = "grid") -> list[float]:
-    """THE time-grid rule, used by the config (``method.time_grid``), synthesis and evaluation:
-    0 = t_0 < t_1 < ... < t_N = 1 with N >= 1 (endpoints within 1e-9). Returns the grid as floats."""
-    g = [float(t) for t in grid]
-    if len(g) < 2:
-        raise ValueError(f"{where}: needs 0 = t_0 < ... < t_N = 1 with at least two points, e.g. [0.0, 1.0] (1 step) or [0.0, 0.5, 1.0]; got {g}")
-    if abs(g[0]) > GRID_TOL or abs(g[-1] - 1.0) > GRID_TOL:
-        raise ValueError(f"{where}: needs 0 = t_0 < ... < t_N = 1, must start at 0 and end at 1 (got {g[0]} ... {g[-1]}); "
-                         "e.g. uniform_grid(2) = [0, 0.5, 1]")
-    for a, b in zip(g, g[1:]):
-        if not b > a:
-            raise ValueError(f"{where}: must be strictly increasing (got {a} then {b})")
-    return g
 
 
 def check_direction(direction: str) -> Direction:
     if direction not in DIRECTIONS:
         raise ValueError(f"direction: {direction!r}; use 'forward' (source->target) or 'backward' (target->source)")
     return direction  # type: ignore[return-value]
-
-
-def uniform_grid(n_steps: int) -> list[float]:
-    """[0, 1/N, ..., 1]: the paper's N-step grid (3.2: step size 1/N)."""
-    if n_steps < 1:
-        raise ValueError(f"uniform_grid: n_steps must be >= 1, got {n_steps}")
-    return [n / n_steps for n in range(n_steps + 1)]
 
 
 def _time(t: float, x: Tensor) -> Tensor:

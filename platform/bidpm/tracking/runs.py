@@ -55,14 +55,17 @@ def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) 
     return runs[0].info.run_id if runs else None
 
 
-def study_run(client: MlflowClient, experiment_id: str, cfg: Config, extra_tags: Mapping[str, str]) -> tuple[str, bool]:
-    """Find (resume) or create the parent run of study ``cfg.tune.experiment_name``. Returns (run_id, resumed)."""
-    key = {TAG_STUDY: cfg.tune.experiment_name, TAG_ROLE: "study"}
+def study_run(client: MlflowClient, experiment_id: str, cfg: Config, extra_tags: Mapping[str, str],
+              name: Optional[str] = None) -> tuple[str, bool]:
+    """Find (resume) or create the parent run of experiment ``name`` (default ``cfg.tune.experiment_name``).
+    Returns (run_id, resumed)."""
+    name = name or cfg.tune.experiment_name
+    key = {TAG_STUDY: name, TAG_ROLE: "study"}
     run_id = find_run(client, experiment_id, key)
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")
         return run_id, True
-    run = client.create_run(experiment_id, run_name=cfg.tune.experiment_name,
+    run = client.create_run(experiment_id, run_name=name,
                             tags={**key, TAG_SCALE: scale_note(cfg.evaluation.scale), **extra_tags})
     log_params(client, run.info.run_id, config_params(cfg))
     client.log_text(run.info.run_id, cfg.to_yaml(), "config/study.yaml")

@@ -29,7 +29,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, Result, RunCo
 from ray.train.torch import TorchTrainer
 
 from bidpm.config import Config
-from bidpm.data import storage
+from bidpm.io import storage
 from bidpm.data.manifest import load_manifest, manifest_digest
 from bidpm.data.readers import read_split
 from bidpm.data.shards import prepare_shards
@@ -136,7 +136,7 @@ def run_training(
         prepare_shards(cfg)
     digest = manifest_digest(load_manifest(cfg))
     datasets = dict(datasets) if datasets is not None else build_datasets(cfg)
-    _check_steps(cfg, datasets)
+    check_steps(cfg, datasets)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "manifest_digest": digest},
@@ -158,7 +158,23 @@ def build_data_config(datasets: Mapping[str, ray.data.Dataset]) -> DataConfig:
     return DataConfig(datasets_to_split=split, execution_options=ExecutionOptions())
 
 
-def _check_steps(cfg: Config, datasets: Mapping[str, ray.data.Dataset]) -> None:
+def checked_datasets(cfg: Config) -> dict[str, ray.data.Dataset]:
+    """``build_datasets`` + the step-count check, once in the driver before any MLflow run or trial: every
+    run would fail on them. Their ValueErrors (no paired row at this ratio, too few rows per worker for
+    one step) are the user's to fix, so they come out as ``ConfigError`` (one line, exit 2)."""
+    from bidpm.config import ConfigError
+
+    try:
+        datasets = build_datasets(cfg)
+        check_steps(cfg, datasets)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from None
+    return datasets
+
+
+def check_steps(cfg: Config, datasets: Mapping[str, ray.data.Dataset]) -> None:
     """Fail on the driver when a worker's share of the epoch stream would not fill one batch (0 steps)."""
     tc = cfg.train
     name = ALL_PAIRED if ALL_PAIRED in datasets else UNPAIRED

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from bidpm.data.storage import write_bytes_atomic
+from bidpm.io.storage import write_bytes_atomic
 
 SAMPLES_FILE = "samples.png"
 MIN_TILE = 128

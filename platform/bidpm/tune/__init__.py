@@ -1,16 +1,4 @@
-"""Ray Tune + Optuna search over Bi-DPM's time grid, step weights, lambda_u and MMD kernel.
-
-``space`` is pure Optuna (no Ray); ``launch`` runs the study (one Ray Train run per trial) and
-hands every trial to ``bidpm.tracking``; ``summary`` prints the table and draws the plots.
-"""
-
-from .space import apply_to, define_by_run, overrides_of, sample_overrides
-
-__all__ = ["apply_to", "define_by_run", "overrides_of", "sample_overrides", "run_study"]
-
-
-def run_study(*args, **kwargs):  # noqa: D401 - thin lazy import so `bidpm.tune.space` stays Ray-free
-    """See ``bidpm.tune.launch.run_study``."""
-    from .launch import run_study as _run
-
-    return _run(*args, **kwargs)
+"""How a trial runs and stops safely, for both runners (``bidpm.search``, ``bidpm.study``) and knowing
+neither: ``experiment`` (checks before any trial, the MLflow parent run, one exit path), ``watchdog``
+(no silent waits for resources), ``mlflow`` (a child run per trial), ``reporter`` (the live table),
+``names`` (what a trial is called on disk and in Ray)."""

@@ -1,145 +1,37 @@
-"""No silent hangs: a Tune callback that ends a study whose trials wait for resources nobody will free.
+"""No silent hangs: a Tune callback that stops an experiment whose trials wait for resources nobody frees.
 
-What hung (issue 13, fault 6): with a second Ray instance on the host, Ray Train's placement-group
-cleaner connected to the wrong instance, a finished trial's reservation leaked, the next trial's worker
-group never got its CPUs, and Ray Train retried the start every 60 s forever
-(``train.controller_failure_limit=-1``, right on an autoscaling cluster) while the driver showed only
-RUNNING. The trigger is in Ray; the endless, silent wait was ours.
+Checked every ``CHECK_INTERVAL_S`` in Tune's loop (``on_step_end``): a trial *computes* when its Ray
+Train run is RUNNING (Ray Train's state actor) or it reported since the last check; the experiment
+*waits* when no trial computes and a placement group is pending; any progress restarts the clock.
+After ``tune.stall_timeout_s`` of waiting on a cluster that cannot grow it raises ``StudyStalled``
+(what one trial asks, what is free, which placement groups hold it, what to do); the Tune state and
+the checkpoints stay, so the same command resumes. On an autoscaling cluster it only waits, and the
+live table says "waiting for N GPUs". ``tune.report_timeout_s`` stops a trial that computes but
+reports nothing for that long.
 
-The rule, checked every ``CHECK_INTERVAL_S`` in Tune's loop (``on_step_end``):
-
-- a trial *computes* when its Ray Train run is RUNNING (its workers started; read from Ray Train's
-  state actor) or it reported a result since the last check;
-- the study *waits for resources* when no trial computes and a placement group is pending (a Tune
-  trial or a Train worker group asked for resources that are not free);
-- any progress (a result, a trial computing, a trial ending) restarts the stall clock.
-
-When the study has waited for resources ``tune.stall_timeout_s`` without progress on a cluster that
-cannot grow, the watchdog raises ``StudyStalled``: what one trial asks (Tune trial + Train workers),
-what the cluster has free and in total, which placement groups hold resources, and how to proceed.
-Tune then stops the trials; its experiment state and the Train checkpoints stay, so rerunning the
-command resumes. On an autoscaling cluster waiting is right: nothing stops, and the live table says
-"waiting for N GPUs". Which clusters grow: ``tune.autoscaling`` when set; unset, a local Ray the driver
-started itself is fixed, and a cluster it joined (``RAY_ADDRESS``, ``ray job submit``) is assumed to
-grow unless Ray's autoscaler says otherwise - set ``tune.autoscaling=false`` on a fixed shared cluster. ``tune.report_timeout_s`` (off by default: an epoch may take hours) also stops a
-trial whose workers run but report nothing that long.
-
-Why not a shorter Ray Train timeout instead: a worker group that waits behind another trial of the
-same study (``max_concurrent_trials`` above what fits) must wait, and only the study sees that
-another trial computes. The check reads Ray's state (placement groups, resources, Train runs) only
-every few seconds and from the driver; it never touches a trial.
+Why not a shorter Ray Train timeout: a worker group that waits behind another trial of the same
+experiment must wait, and only the driver sees that the other trial computes.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import sys
 import time
 from typing import Any, Callable, Mapping, Optional
 
 from ray.tune import Callback
 
+from ..raycluster.resources import cluster_can_grow, describe, shortfall, trial_request, waiting_note
+from .names import train_run_name
+
 CHECK_INTERVAL_S = 5.0
-_PG_RESOURCE = re.compile(r"_group_(\d+_)?[0-9a-f]{20,}$")     # Ray's per-placement-group resources (CPU_group_<id>)
 _WAITING_TRAIN = ("INITIALIZING", "SCHEDULING", "RESTARTING", "RESIZING")
 
 
 class StudyStalled(RuntimeError):
     """The study was stopped because it could not make progress; the message says why and what to do.
     Resumable: Tune's state and the Train checkpoints are kept (the CLI exits 75 with the rerun command)."""
-
-
-def trial_request(cfg: Any, with_trial: bool = True) -> dict[str, float]:
-    """Resources one trial holds while it trains: its Tune actor (``tune.trial_cpus``, unless
-    ``with_trial`` is False: a plain ``jobs/train.py`` run) plus its Train worker group
-    (``train.launch.build_scaling_config``, so every per-worker resource counts)."""
-    from ..train.launch import build_scaling_config
-
-    workers = {k: float(v) for k, v in build_scaling_config(cfg).total_resources.items() if v}
-    if with_trial:
-        workers["CPU"] = workers.get("CPU", 0.0) + float(cfg.tune.trial_cpus)
-    return workers
-
-
-def shortfall(asked: Mapping[str, float], free: Mapping[str, float]) -> dict[str, float]:
-    """Resources by which ``asked`` exceeds ``free`` (empty when it fits)."""
-    return {k: v - free.get(k, 0.0) for k, v in asked.items() if v - free.get(k, 0.0) > 1e-9}
-
-
-def amount(n: float, resource: str) -> str:
-    """'2 GPUs', '0.25 CPU', '1 CPU' (plural above 1)."""
-    name = resource if resource in ("CPU", "GPU") else f"'{resource}'"
-    return f"{n:g} {name}{'s' if n > 1 and resource in ('CPU', 'GPU') else ''}"
-
-
-def waiting_note(short: Mapping[str, float]) -> str:
-    """What the live table shows for a trial that waits: 'waiting for 1 GPU, 0.5 CPU'."""
-    return "waiting for " + ", ".join(amount(v, k) for k, v in sorted(short.items(), key=lambda kv: kv[0] != "GPU"))
-
-
-def _fmt(res: Mapping[str, float]) -> str:
-    """{CPU: 0.75, GPU: 1} - the schedulable resources (not node:/memory bookkeeping keys)."""
-    keep = {k: v for k, v in res.items() if ":" not in k and k not in ("memory", "object_store_memory")
-            and not _PG_RESOURCE.search(k)}
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(keep.items())) + "}"
-
-
-def max_cluster_resources() -> Optional[dict[str, float]]:
-    """What an autoscaling cluster can grow to (Ray's autoscaler publishes its node types), else None.
-    Ray Train reads the same record to refuse a worker group larger than the cluster can ever be."""
-    try:
-        from ray._private.state import state
-
-        got = state.get_max_resources_from_cluster_config()
-    except Exception:  # noqa: BLE001 - private API; absent means "not known to autoscale"
-        return None
-    return {k: float(v) for k, v in got.items()} if got else None
-
-
-def started_here() -> bool:
-    """Did this driver's ``ray.init`` start the cluster (a local Ray, which cannot grow)?"""
-    import ray._private.worker as w
-
-    return bool(getattr(getattr(w, "_global_node", None), "ray_init_cluster", False))
-
-
-def cluster_can_grow(setting: Optional[bool]) -> bool:
-    """``tune.autoscaling``, or detected: the autoscaler published its node types (Ray's own record), or
-    else the driver joined a cluster it did not start (RAY_ADDRESS, ``ray job submit``), which may
-    autoscale: it is waited for (the wait is printed); ``tune.autoscaling=false`` makes it a fixed one."""
-    if setting is not None:
-        return setting
-    return max_cluster_resources() is not None or not started_here()
-
-
-def check_fits(cfg: Any, limit: Optional[Mapping[str, float]] = None, can_grow: Optional[bool] = None,
-               with_trial: bool = True) -> None:
-    """Before any trial: refuse a trial larger than the cluster is (fixed) or can become (autoscaling).
-
-    Raises ``ConfigError`` naming the settings (Ray Train on a fixed cluster would wait for it forever).
-    ``limit``/``can_grow`` default to the connected cluster's."""
-    from ..config import ConfigError
-
-    grow = cluster_can_grow(cfg.tune.autoscaling) if can_grow is None else can_grow
-    if limit is None:
-        import ray
-
-        most = max_cluster_resources() if grow else None
-        if grow and most is None:
-            return                               # autoscaling by setting, its maximum unknown: nothing to compare
-        limit = most or {k: float(v) for k, v in ray.cluster_resources().items()}
-    asked = trial_request(cfg, with_trial)
-    short = shortfall(asked, limit)
-    if short:
-        tc = cfg.train
-        what = ", ".join(f"{amount(asked[k], k)} (the cluster {'can grow to' if grow else 'has'} {limit.get(k, 0.0):g})"
-                         for k in short)
-        raise ConfigError(
-            f"one {'trial' if with_trial else 'run'} needs {what}: "
-            + (f"tune.trial_cpus={cfg.tune.trial_cpus:g} + " if with_trial else "") + f"train.num_workers={tc.num_workers} x "
-            f"(train.cpus_per_worker={tc.cpus_per_worker:g}" + (f", train.gpus_per_worker={tc.gpus_per_worker:g}" if tc.use_gpu else "")
-            + "); lower them or use a larger cluster. Nothing was run")
 
 
 def _train_runs() -> Optional[dict[str, str]]:
@@ -179,7 +71,7 @@ def _placement_groups() -> tuple[list[dict[str, float]], list[str]]:
         if state in ("PENDING", "RESCHEDULING"):
             pending.extend(bundles)
         elif state == "CREATED":
-            held.append(f"{str(pg_id)[:8]} {len(bundles)} x {_fmt(bundles[0]) if bundles else '{}'}")
+            held.append(f"{str(pg_id)[:8]} {len(bundles)} x {describe(bundles[0]) if bundles else '{}'}")
     return pending, held
 
 
@@ -193,16 +85,23 @@ def _sum(bundles: list[dict[str, float]]) -> dict[str, float]:
 
 class StallWatchdog(Callback):
     """See the module docstring. Plain state only (Tune pickles callbacks into the experiment); the
-    clock and Ray lookups are module functions, re-read after a restore (``setup``)."""
+    clock and Ray lookups are module functions, re-read after a restore (``setup``). A trial's Train
+    run is found by ``names.train_run_name`` of the trial's name."""
 
     def __init__(self, study: str, asked: Mapping[str, float], stall_timeout_s: Optional[float],
                  report_timeout_s: Optional[float] = None, autoscaling: Optional[bool] = None,
-                 run_name: str = "trial", clock: Callable[[], float] = time.monotonic,
-                 check_interval_s: float = CHECK_INTERVAL_S) -> None:
+                 clock: Callable[[], float] = time.monotonic, check_interval_s: float = CHECK_INTERVAL_S) -> None:
         self.study, self.asked = study, dict(asked)
         self.stall_timeout_s, self.report_timeout_s = stall_timeout_s, report_timeout_s
-        self.autoscaling, self.run_name, self.clock, self.check_interval_s = autoscaling, run_name, clock, check_interval_s
+        self.autoscaling, self.clock, self.check_interval_s = autoscaling, clock, check_interval_s
         self._reset()
+
+    @classmethod
+    def for_config(cls, cfg: Any, study: str) -> "StallWatchdog":
+        """The watchdog of experiment ``study`` run with ``cfg`` (``tune.stall_timeout_s`` / ``report_timeout_s``
+        / ``autoscaling``, one trial's ``trial_request``)."""
+        t = cfg.tune
+        return cls(study, trial_request(cfg), t.stall_timeout_s, t.report_timeout_s, t.autoscaling)
 
     def _reset(self) -> None:
         self._progress = self.clock()           # last result, computing trial or trial end
@@ -242,12 +141,6 @@ class StallWatchdog(Callback):
         self.on_trial_complete(iteration, trials, trial)
 
     # --- the check ------------------------------------------------------------------------------
-    def train_run_name(self, trial: Any) -> str:
-        """The Train run a trial starts (``tune.launch._trial`` / ``tune.study._cell_trial`` name them)."""
-        if self.run_name == "cell" and isinstance((trial.config or {}).get("cell"), str):
-            return f"train_{trial.config['cell']}"
-        return f"train_{trial.trial_id}"
-
     def classify(self, live: list, train: Optional[Mapping[str, str]]) -> tuple[list, list]:
         """(computing, waiting) among RUNNING/PENDING trials. Without Ray Train's state (``train`` None),
         a RUNNING trial computes once it has reported in this fit."""
@@ -257,7 +150,7 @@ class StallWatchdog(Callback):
                 waiting.append(t)
             elif train is None:
                 (computing if t.trial_id in self._reported else waiting).append(t)
-            elif train.get(self.train_run_name(t), "INITIALIZING") in _WAITING_TRAIN:
+            elif train.get(train_run_name(str(t)), "INITIALIZING") in _WAITING_TRAIN:
                 waiting.append(t)
             else:
                 computing.append(t)
@@ -295,7 +188,7 @@ class StallWatchdog(Callback):
         if self._can_grow is None:
             self._can_grow = cluster_can_grow(self.autoscaling)
         if note != self._said:
-            print(f"[bidpm] study {self.study}: {note} (asked {_fmt(_sum(pending))}, free {_fmt(free)} of {_fmt(total)})"
+            print(f"[bidpm] study {self.study}: {note} (asked {describe(_sum(pending))}, free {describe(free)} of {describe(total)})"
                   + ("; the cluster autoscales: waiting for nodes" if self._can_grow else ""), file=sys.stderr, flush=True)
             self._said = note
         waited = now - self._progress
@@ -303,9 +196,9 @@ class StallWatchdog(Callback):
             return
         raise StudyStalled(
             f"study {self.study!r} stopped: for {waited:.0f} s (tune.stall_timeout_s={self.stall_timeout_s:g}) no trial "
-            f"computed while trial {waiting[0].trial_id} waited for resources: asked {_fmt(_sum(pending))} (one trial: "
-            f"{_fmt(self.asked)} = tune.trial_cpus + train.num_workers x per-worker resources); the cluster has "
-            f"{_fmt(free)} free of {_fmt(total)}" + (f", held by placement groups {', '.join(held[:4])}" if held else "")
+            f"computed while trial {waiting[0].trial_id} waited for resources: asked {describe(_sum(pending))} (one trial: "
+            f"{describe(self.asked)} = tune.trial_cpus + train.num_workers x per-worker resources); the cluster has "
+            f"{describe(free)} free of {describe(total)}" + (f", held by placement groups {', '.join(held[:4])}" if held else "")
             + ". A fixed cluster will not free them by itself: another Ray instance on this host or another job may "
             "hold them, or a finished run's reservation leaked (`ray status --address <this cluster>` shows them); stop "
             "that instance or job, or restart this Ray, or lower train.num_workers / train.cpus_per_worker. On a cluster "

@@ -1,4 +1,4 @@
-"""The Bi-DPM search space, define-by-run (Optuna): trial -> config overrides.
+"""The Bi-DPM search space, define-by-run (Optuna): trial -> config overrides. Pure (no Ray, no torch).
 
 What is searched (paper section 2.1 leaves all of it open):
   - N and the time grid 0 = t_0 < ... < t_N = 1 (Eq. 5): ``uniform`` (t_n = n/N), ``warp``
@@ -22,8 +22,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Optional
 
-from ..config import Config, SearchSpaceConfig
-from ..method.solver import uniform_grid
+from ..config import Config, SearchSpaceConfig, with_overrides
+from ..timegrid import uniform_grid
 
 
 def _float(trial: Any, name: str, bounds: list[float], log: bool = False) -> float:
@@ -128,15 +128,5 @@ def trial_config(cfg: Config, overrides: dict[str, Any]) -> Config:
     ``train.checkpoint_score``. With two different metrics the trial's "best" checkpoint could already
     be deleted, so inside a study ``train.checkpoint_score``/``_mode`` are set to ``tune.metric``/``mode``.
     """
-    return apply_to(cfg, {**overrides, "train.checkpoint_score": cfg.tune.metric,
-                          "train.checkpoint_score_mode": cfg.tune.mode})
-
-
-def apply_to(cfg: Config, overrides: dict[str, Any]) -> Config:
-    """A new validated Config with ``overrides`` set (``section.key`` paths)."""
-    from ..config import config_from_dict, set_path
-
-    raw = cfg.to_dict()
-    for key, value in overrides.items():
-        set_path(raw, key, value)
-    return config_from_dict(raw, origin=f"{cfg.name} + trial overrides")
+    return with_overrides(cfg, {**overrides, "train.checkpoint_score": cfg.tune.metric,
+                                "train.checkpoint_score_mode": cfg.tune.mode})

@@ -1,5 +1,5 @@
-"""A study's tables, figures and tests, from its scored cells (``tune.study``): paper Tables 1-2,
-Figures 5 and 7, cost, and whether Bi-DPM's lead over the best baseline is statistically supported.
+"""A study's tables and tests, from its scored cells (``cells/<id>.json``): paper Tables 1-2, cost, and
+whether Bi-DPM's lead over the best baseline is statistically supported; the figures use the same rows.
 
 Choices, stated in every report:
 - A method's row uses one step count: Bi-DPM its training grid, CycleGAN its one step, and each
@@ -22,42 +22,42 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .evaluation import METRICS, SHORT, scale_note
+from ..evaluation import METRICS, SHORT
 
 DIRS = tuple(SHORT.values())
 LOWER_BETTER = {"mae"}
 
 
-def _grid_of(cell: dict, label: Optional[str] = None) -> dict:
+def grid_of(cell: dict, label: Optional[str] = None) -> dict:
     gs = cell["grids"]
     return next((g for g in gs if g["label"] == label), None) if label else next((g for g in gs if g["training_grid"]), gs[0])
 
 
-def _by(cells: list[dict], label: str, ratio: float, fraction: float = 1.0) -> list[dict]:
+def cells_at(cells: list[dict], label: str, ratio: float, fraction: float = 1.0) -> list[dict]:
     return [c for c in cells if c["cell"]["label"] == label and c["cell"]["ratio"] == ratio
             and c["cell"]["fraction"] == fraction]
 
 
 def representative(cells: list[dict], label: str, ratio: float, metric: str, fraction: float = 1.0) -> Optional[str]:
     """Which grid stands for the method at this ratio (module docstring); None when it has no cells."""
-    group = _by(cells, label, ratio, fraction)
+    group = cells_at(cells, label, ratio, fraction)
     if not group:
         return None
     if group[0]["cell"]["method"] in ("bidpm", "cyclegan"):
-        return _grid_of(group[0])["label"]
+        return grid_of(group[0])["label"]
     sign = -1.0 if metric in LOWER_BETTER else 1.0
-    means = {g["label"]: np.mean([_grid_of(c, g["label"])["summary"][f"test/{metric}_mean"] for c in group])
+    means = {g["label"]: np.mean([grid_of(c, g["label"])["summary"][f"test/{metric}_mean"] for c in group])
              for g in group[0]["grids"]}
     return max(means, key=lambda k: sign * means[k])
 
 
 def aggregate(cells: list[dict], label: str, ratio: float, grid: str, fraction: float = 1.0) -> dict[str, float]:
     """mean / std over seeds and per-image spread of every (direction, metric), plus the seed count."""
-    group = [c for c in _by(cells, label, ratio, fraction) if _grid_of(c, grid) is not None]
+    group = [c for c in cells_at(cells, label, ratio, fraction) if grid_of(c, grid) is not None]
     out: dict[str, float] = {"seeds": float(len(group))}
     for d in DIRS:
         for m in METRICS:
-            per = [_grid_of(c, grid)["summary"] for c in group]
+            per = [grid_of(c, grid)["summary"] for c in group]
             means = np.array([p[f"test/{d}_{m}_mean"] for p in per])
             out[f"{d}_{m}"] = float(means.mean()) if len(means) else float("nan")
             out[f"{d}_{m}_seed_std"] = float(means.std()) if len(means) else float("nan")
@@ -87,7 +87,7 @@ def table(cells: list[dict], cfg: Any, ratio: float, bracket: Optional[float] = 
             b = aggregate(cells, meth.label, bracket, g2)
         cellv = [_fmt(a, f"{d}_{m}") + (f" ({b[f'{d}_{m}']:.{2 if m == 'psnr' else 4}f})" if b else "")
                  for d in DIRS for m in METRICS]
-        nfe = next(g["steps"] for g in _by(cells, meth.label, ratio)[0]["grids"] if g["label"] == grid)
+        nfe = next(g["steps"] for g in cells_at(cells, meth.label, ratio)[0]["grids"] if g["label"] == grid)
         lines.append("| " + " | ".join([meth.label, str(nfe), *cellv]) + " |")
         rows.append({"method": meth.label, "ratio": ratio, "grid": grid, "nfe": nfe, **a})
     return "\n".join(lines), rows
@@ -127,63 +127,10 @@ def significance(cells: list[dict], cfg: Any, ratio: float) -> list[dict]:
 def _per_image(cells: list[dict], label: str, ratio: float, grid: str, d: str, m: str) -> dict[tuple, float]:
     """(subject, slice) -> the metric averaged over the seeds' cells."""
     acc: dict[tuple, list[float]] = defaultdict(list)
-    for c in _by(cells, label, ratio):
-        for key, v in zip(c["ids"], _grid_of(c, grid)["values"][d][m]):
+    for c in cells_at(cells, label, ratio):
+        for key, v in zip(c["ids"], grid_of(c, grid)["values"][d][m]):
             acc[tuple(key)].append(v)
     return {k: float(np.nanmean(v)) for k, v in acc.items()}
-
-
-def figure5(cells: list[dict], cfg: Any) -> tuple[bytes, list[dict]]:
-    """Metric vs paired % per method, both directions, error bars = std over seeds."""
-    st, m = cfg.study, cfg.study.metric
-    rows = []
-    for meth in st.methods:
-        for r in st.pairing_ratios:
-            g = representative(cells, meth.label, r, m)
-            if g is not None:
-                a = aggregate(cells, meth.label, r, g)
-                rows.append({"method": meth.label, "paired_pct": 100 * r, "grid": g, **{k: a[k] for k in a if k.startswith(tuple(DIRS))}})
-    return _plot(rows, "paired_pct", m, "paired rows (%)", log=True, title="Figure 5: quality vs pairing ratio", cfg=cfg), rows
-
-
-def figure7(cells: list[dict], cfg: Any, ratio: float) -> tuple[bytes, list[dict]]:
-    """Metric vs NFE per method at ``ratio`` (every scored grid), error bars = std over seeds."""
-    rows = []
-    for meth in cfg.study.methods:
-        group = _by(cells, meth.label, ratio)
-        for g in (group[0]["grids"] if group else []):
-            a = aggregate(cells, meth.label, ratio, g["label"])
-            rows.append({"method": meth.label + ("" if g["training_grid"] or meth.name != "bidpm" else " (other N)"),
-                         "nfe": g["steps"], "grid": g["label"], **{k: a[k] for k in a if k.startswith(tuple(DIRS))}})
-    return _plot(rows, "nfe", cfg.study.metric, "NFE (Euler steps)", log=True,
-                 title=f"Figure 7: quality vs NFE at {100 * ratio:g}% paired", cfg=cfg), rows
-
-
-def _plot(rows: list[dict], x: str, m: str, xlabel: str, log: bool, title: str, cfg: Any) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, d, name in zip(axes, DIRS, ("forward (source -> target)", "backward (target -> source)")):
-        for meth in dict.fromkeys(r["method"] for r in rows):
-            pts = sorted((r[x], r[f"{d}_{m}"], r[f"{d}_{m}_seed_std"]) for r in rows if r["method"] == meth)
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                        label=meth, linestyle="--" if "(other N)" in meth else "-")
-        ax.set(xlabel=xlabel, title=name, xscale="log" if log else "linear")
-        ax.set_xticks(sorted({r[x] for r in rows}))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"test {m.upper()} (mean ± std over seeds)")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{title}\n{scale_note(cfg.evaluation.scale)}", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def to_csv(rows: list[dict]) -> bytes:

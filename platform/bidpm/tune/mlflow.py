@@ -1,117 +1,42 @@
-"""A Tune callback (driver side) that mirrors every trial into a nested MLflow run.
+"""A Tune callback (driver side) that mirrors every trial into a nested MLflow run of the experiment's
+parent run: params and config at the start, metrics per epoch, the best checkpoint and status at the end.
 
-Driver side on purpose: trials run in actors that may sit on nodes without access to the
-tracking store's credentials, and results already arrive at the driver. Holds only plain state
-(config dict, URIs, run ids), so Tune can pickle it into the experiment checkpoint and a restored
-study keeps writing to the same parent and child runs.
-
-A tracking server that stops answering (after MLflow's retries, bounded by ``tracking.http_*``)
-raises ``TrackingUnavailable`` out of the hook: Tune stops the trials and ``tuner.fit`` raises, so the
-study stops at once with the command that resumes it (the decision and its reasons:
-``bidpm.tracking.store.TrackingUnavailable``). What that hook had still to write (the epoch's metrics,
-the trial's end) goes to a small journal beside the study (``JOURNAL_FILE``) that the rerun replays
-before any trial continues (``replay_journal``), so no record is lost; a resumed trial never logs an
-epoch its run already holds, so none is duplicated.
+Driver side on purpose: trials run on nodes that may lack the tracking store's credentials, and
+results reach the driver anyway. Plain state only (config dict, URIs, run ids), so Tune pickles it
+into the experiment and a restored experiment keeps writing to the same runs. A server that stops
+answering raises ``TrackingUnavailable`` out of the hook (the experiment stops at once, exit 75); what
+the hook still had to write goes to the journal (``tracking.journal``), which the rerun replays.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from typing import Any, Iterator, Optional
 
 from ray.tune import Callback
 
 from .. import tracking
-from ..config import config_from_dict
-from ..data import storage
+from ..config import Config, config_from_dict
 from ..data.manifest import manifest_digest
+from ..io.checkpoints import checkpoint_location
 from ..objective import Objective
-from .checkpoints import checkpoint_location, local_checkpoint
-from .space import overrides_of, trial_config
+from ..tracking.journal import append_journal, apply_op
 
-
-JOURNAL_FILE = "tracking_journal.jsonl"
+__all__ = ["MLflowTrialCallback"]
 
 
 def _numeric(metrics: dict) -> dict[str, float]:
     """What ``log_metrics`` keeps (finite numbers), as plain floats (journal lines are JSON)."""
-    import math
-
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
 
 
-def log_checkpoint_files(client: Any, run_id: str, location: str, log_checkpoints: bool, trial_id: str) -> None:
-    """The best epoch's checkpoint folder (``log_checkpoints``) and its sample grid PNG; a warning (never
-    a silent skip) when it cannot be read from the driver. Object-store checkpoints are downloaded to a
-    temporary folder first (MLflow logs local files only)."""
-    try:
-        with local_checkpoint(location) as folder:
-            if log_checkpoints:
-                client.log_artifacts(run_id, str(folder), "best_checkpoint")
-            for png in sorted(folder.glob("*.png")):
-                client.log_artifact(run_id, str(png), "sample_grid")
-    except OSError as exc:                 # FileNotFoundError, pyarrow I/O errors
-        if tracking.is_outage(exc):        # requests' errors are OSErrors too: the server is gone, not the file
-            raise
-        print(f"warning: trial {trial_id}: best checkpoint not logged to MLflow run {run_id}: {exc}", file=sys.stderr)
-
-
-def apply_op(client: Any, op: dict[str, Any]) -> None:
-    """One tracking write, as the callback and the journal describe it."""
-    kind, run_id = op["op"], op["run"]
-    if kind == "metrics":
-        tracking.log_metrics(client, run_id, op["metrics"], int(op["step"]))
-    elif kind == "tag":
-        client.set_tag(run_id, op["key"], op["value"])
-    elif kind == "checkpoint":
-        log_checkpoint_files(client, run_id, op["location"], bool(op["log_checkpoints"]), op["trial"])
-    elif kind == "status":
-        client.set_terminated(run_id, status=op["status"])
-    else:
-        raise ValueError(f"unknown journal entry {op!r}")
-
-
-def _read_journal(location: str) -> list[dict[str, Any]]:
-    import json
-
-    if not storage.is_file(location):
-        return []
-    return [json.loads(line) for line in storage.read_bytes(location).decode().splitlines() if line.strip()]
-
-
-def _write_journal(location: str, ops: list[dict[str, Any]]) -> None:
-    import json
-
-    if ops:
-        storage.write_bytes_atomic(location, "".join(json.dumps(op) + "\n" for op in ops).encode())
-    elif storage.is_file(location):
-        fs, path = storage.resolve(location)
-        fs.delete_file(path)
-
-
-def replay_journal(client: Any, location: str, cfg: Any, print_fn=print) -> int:
-    """Apply what an outage left unwritten (oldest first), dropping each entry once written; returns how
-    many. Called by the next driver after it connected, before any trial continues."""
-    ops = _read_journal(location)
-    for i, op in enumerate(ops):
-        try:
-            apply_op(client, op)
-        except Exception as exc:  # noqa: BLE001 - an outage again: keep the rest for the next rerun
-            _write_journal(location, ops[i:])
-            if tracking.is_outage(exc):
-                raise tracking.unavailable(cfg, exc, "writing what the last outage left unwritten") from None
-            raise
-    if ops:
-        _write_journal(location, [])
-        print_fn(f"tracking: wrote {len(ops)} record(s) the last run could not (tracking server outage)")
-    return len(ops)
-
-
 class MLflowTrialCallback(Callback):
     """on_trial_start: child run (params, resolved config, lineage tags); on_trial_result: per-epoch
-    metrics; on_trial_complete/error: the trial's best checkpoint + its sample grid, run status."""
+    metrics; on_trial_complete/error: the trial's best checkpoint + its sample grid, run status.
+    A runner subclasses it to say which config a trial trains (``trial_cfg``)."""
 
     def __init__(self, base_cfg: dict[str, Any], experiment_id: str, parent_run_id: str, tags: dict[str, str],
                  manifest: dict[str, Any], journal: Optional[str] = None) -> None:
@@ -123,7 +48,7 @@ class MLflowTrialCallback(Callback):
         self.journal = journal                               # where an outage leaves what it could not write
         self.runs: dict[str, str] = {}                       # trial_id -> MLflow run id
         self.best: dict[str, tuple[float, Optional[str]]] = {}   # trial_id -> (objective, checkpoint path)
-        # best epoch by Objective.best over the reported results in order (what tune.summary does too)
+        # best epoch by Objective.best over the reported results in order (what the search table does too)
         self._client: Any = None
         self._cfg: Any = None
         self._logged: dict[str, set[int]] = {}               # resumed trials: epochs their run already holds
@@ -185,17 +110,12 @@ class MLflowTrialCallback(Callback):
                 raise
 
     def _keep(self, ops: list[dict[str, Any]]) -> None:
-        if not self.journal:
-            return
-        try:
-            _write_journal(self.journal, _read_journal(self.journal) + ops)
-        except Exception as exc:  # noqa: BLE001 - the outage is what the user must hear about
-            print(f"warning: could not keep {len(ops)} unwritten tracking record(s) in {self.journal}: {exc}",
-                  file=sys.stderr)
+        if self.journal:
+            append_journal(self.journal, ops)
 
-    def trial_cfg(self, trial: Any):
-        """The Config a trial trains (a study of cells overrides this)."""
-        return trial_config(self.cfg, overrides_of(trial.config))
+    def trial_cfg(self, trial: Any) -> Config:
+        """The Config a trial trains: each runner says (``search.run``, ``study.run``)."""
+        raise NotImplementedError
 
     def _run_id(self, trial: Any) -> str:
         with self._guard(f"recording trial {trial.trial_id}"):

@@ -19,11 +19,11 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-from ..data import storage
+from . import storage
 
 
 def checkpoint_location(path: str, storage_path: str) -> str:
-    """``path`` as reported by Ray Train -> a location ``bidpm.data.storage`` resolves (local path or URI).
+    """``path`` as reported by Ray Train -> a location ``bidpm.io.storage`` resolves (local path or URI).
 
     A path that already has a scheme, or storage that is local (a plain path or ``file://``), is
     returned unchanged; otherwise ``<scheme>://<path>`` with the storage URI's query (e.g.

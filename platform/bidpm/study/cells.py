@@ -1,8 +1,9 @@
 """A study's cells: the grid methods x pairing ratios x seeds x training fractions, each cell's config,
-its grids for scoring, and the checks made before any training. Pure (no Ray).
+its grids for scoring, where its scores live, and the checks made before any training. No Ray.
 
 Cell ids are readable and stable (``<label>__p<paired %>__s<seed>__f<fraction %>``, label made safe for
 paths), so a study folder and its MLflow runs say what each cell is, and a rerun finds the same cells.
+A study folder records what it was made for (``study_spec.json``); another design is refused.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Optional
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, with_overrides
 from ..evaluation import GridSpec, grids_for
-from ..method.solver import uniform_grid
-from .space import apply_to
+from ..io import storage
+from ..timegrid import uniform_grid
+from ..tune.names import experiment_dir
 
-__all__ = ["Cell", "cell_config", "cell_grids", "check_cells", "expand_cells", "spec_digest"]
+SPEC_FILE, CELLS_DIR = "study_spec.json", "cells"
+
+__all__ = ["CELLS_DIR", "Cell", "cell_config", "cell_file", "cell_grids", "check_cells", "check_spec", "cells_by_id",
+           "expand_cells", "fid_wanted", "spec_digest", "study_dir"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ def cell_config(cfg: Config, cell: Cell) -> Config:
     if cell.ratio >= 1.0:
         over["method.lambda_unpaired"] = 0.0          # no unpaired rows: Eq. 9's second term is empty
     over.update(m.overrides)
-    return apply_to(cfg, over)
+    return with_overrides(cfg, over)
 
 
 def cell_grids(cfg: Config, cell: Cell) -> list[GridSpec]:
@@ -115,13 +120,8 @@ def check_cells(cfg: Config, cells: list[Cell], manifest: dict) -> None:
                 raise ConfigError(f"study.pairing_ratios: no training row is paired at {100 * ratio:g}% "
                                   f"(train fraction {frac:g}, data.pairing_seed={cfg.data.pairing_seed}) on these shards; "
                                   f"drop that ratio, use more data, or change data.pairing_seed. Nothing was trained.")
-    if cfg.study.fid is True:
-        from ..metrics import FIDWeightsUnavailable, inception_weights_path
-
-        try:
-            inception_weights_path()
-        except FIDWeightsUnavailable as exc:
-            raise ConfigError(f"study.fid=true: {exc}; or set study.fid=false. Nothing was trained.") from None
+    if cfg.study.fid is True and (missing := _inception_missing()) is not None:
+        raise ConfigError(f"study.fid=true: {missing}; or set study.fid=false. Nothing was trained.")
     seen = set()
     for cell in cells:
         if cell.label in seen:
@@ -139,20 +139,23 @@ def check_cells(cfg: Config, cells: list[Cell], manifest: dict) -> None:
 
 def fid_wanted(cfg: Config) -> bool:
     """``study.fid``: true / false, or (null) whether the Inception weights are on this machine."""
-    if cfg.study.fid is not None:
-        return cfg.study.fid
+    return cfg.study.fid if cfg.study.fid is not None else _inception_missing() is None
+
+
+def _inception_missing() -> Optional[str]:
+    """Why FID cannot be computed here (the Inception weights are not local), or None."""
     from ..metrics import FIDWeightsUnavailable, inception_weights_path
 
     try:
         inception_weights_path()
-        return True
-    except FIDWeightsUnavailable:
-        return False
+    except FIDWeightsUnavailable as exc:
+        return str(exc)
+    return None
 
 
 def spec_digest(cfg: Config) -> tuple[str, dict[str, Any]]:
     """What a study folder was made for: everything but the study's scheduling knobs and the tracking
-    store. A rerun with another spec is refused (``tune.study``), so cells of two designs never mix."""
+    store. A rerun with another spec is refused (``check_spec``), so cells of two designs never mix."""
     raw = cfg.to_dict()
     for k in ("tracking", "tune"):
         raw.pop(k, None)
@@ -160,3 +163,33 @@ def spec_digest(cfg: Config) -> tuple[str, dict[str, Any]]:
     raw["train"] = {k: v for k, v in raw["train"].items() if k not in ("max_failures", "controller_failure_limit")}
     text = json.dumps(raw, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16], raw
+
+
+def study_dir(cfg: Config) -> str:
+    """The study's folder: its Tune experiment, ``cells/``, ``train_runs/`` and ``report/``."""
+    return experiment_dir(cfg, cfg.study.name)
+
+
+def cell_file(cfg: Config, cell_id: str) -> str:
+    """``cells/<id>.json``: a cell's scores, written (atomically) before it reports; a cell whose file
+    exists is never retrained."""
+    return storage.join(study_dir(cfg), CELLS_DIR, f"{cell_id}.json")
+
+
+def cells_by_id(cfg: Config) -> dict[str, Cell]:
+    return {c.id: c for c in expand_cells(cfg)}
+
+
+def check_spec(cfg: Config) -> None:
+    """Refuse a study folder made for another design; record the spec for a new one."""
+    digest, spec = spec_digest(cfg)
+    loc = storage.join(study_dir(cfg), SPEC_FILE)
+    if storage.is_file(loc):
+        old = json.loads(storage.read_bytes(loc))
+        if old["digest"] != digest:
+            changed = sorted(k for k in set(old["spec"]) | set(spec) if old["spec"].get(k) != spec.get(k))
+            raise ConfigError(f"study.name={cfg.study.name!r}: {study_dir(cfg)} holds a study of another design "
+                              f"(sections changed: {changed}); its cells would mix with these. Choose a new "
+                              f"study.name=..., or delete that folder to start over")
+        return
+    storage.write_bytes_atomic(loc, json.dumps({"digest": digest, "spec": spec}, default=str).encode())

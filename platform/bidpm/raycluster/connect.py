@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]   # the bidpm package, shipped whole
 # ray._private.runtime_env.constants.RAY_JOB_CONFIG_JSON_ENV_VAR (private module: name copied, not imported)
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 

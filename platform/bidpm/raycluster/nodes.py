@@ -1,14 +1,9 @@
 """Nodes over time: how many Ray nodes were alive while a job ran, as a timeline it prints.
 
-Why: on an autoscaling cluster the trials' resource requests are what add and remove nodes (a GPU
-node per pending Train worker, say), and whether that happened - 0 workers while trials were pending,
-then N, then fewer - is otherwise visible only as a snapshot (``ray status``). The recorder samples
-the cluster in a daemon thread of the driver, prints a line whenever the node set changes and, at the
-end, the whole timeline; on a single machine (one node, never changing) it prints nothing.
-
-Formatting is pure (``NodeSample`` -> str) so it is tested without Ray; ``ray_sample`` reads
-``ray.nodes()`` of the connected driver, and ``summarise`` turns any list of node records in that
-shape into a sample (the autoscaling test feeds it records read from the GCS by another process).
+On an autoscaling cluster the trials' resource requests add and remove nodes, which ``ray status``
+shows only as a snapshot. ``NodeTimeline`` samples ``ray.nodes()`` in a daemon thread of the driver,
+prints a line at every change and, at the end, the timeline; a single machine prints nothing.
+Formatting is pure (tested without Ray); ``summarise`` reads any node records shaped like ``ray.nodes()``.
 """
 
 from __future__ import annotations
@@ -18,6 +13,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional
+
+from ..tables import fixed_width
 
 HEAD_RESOURCE = "node:__internal_head__"   # the resource Ray gives only the head node
 
@@ -73,11 +70,9 @@ def change_line(prev: Optional[NodeSample], cur: NodeSample) -> str:
 
 def format_timeline(samples: Iterable[NodeSample]) -> str:
     """The timeline as a small table: one row per change of the node set."""
-    rows = [("time", "nodes", "workers", "resources")]
-    rows += [(_clock(s.t), str(s.nodes), str(s.workers), _resources(s.resources)) for s in samples]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "nodes over time:\n  " + "\n  ".join(lines)
+    rows = [(_clock(s.t), str(s.nodes), str(s.workers), _resources(s.resources)) for s in samples]
+    table = fixed_width(("time", "nodes", "workers", "resources"), rows, rule=False)
+    return "nodes over time:\n  " + "\n  ".join(table.splitlines())
 
 
 class NodeTimeline:

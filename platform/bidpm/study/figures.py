@@ -1,0 +1,60 @@
+"""A study's figures: paper Figure 5 (quality vs pairing ratio) and Figure 7 (quality vs NFE), both
+directions, mean over seeds with the std over seeds as error bars; each with its rows for a CSV."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..evaluation import scale_note
+from ..plots import png_bytes, pyplot
+from .tables import DIRS, aggregate, cells_at, representative
+
+__all__ = ["figure5", "figure7"]
+
+
+def figure5(cells: list[dict], cfg: Any) -> tuple[bytes, list[dict]]:
+    """Metric vs paired % per method, both directions, error bars = std over seeds."""
+    st, m = cfg.study, cfg.study.metric
+    rows = []
+    for meth in st.methods:
+        for r in st.pairing_ratios:
+            g = representative(cells, meth.label, r, m)
+            if g is not None:
+                a = aggregate(cells, meth.label, r, g)
+                rows.append({"method": meth.label, "paired_pct": 100 * r, "grid": g, **{k: a[k] for k in a if k.startswith(tuple(DIRS))}})
+    return _plot(rows, "paired_pct", m, "paired rows (%)", log=True, title="Figure 5: quality vs pairing ratio", cfg=cfg), rows
+
+
+def figure7(cells: list[dict], cfg: Any, ratio: float) -> tuple[bytes, list[dict]]:
+    """Metric vs NFE per method at ``ratio`` (every scored grid), error bars = std over seeds."""
+    rows = []
+    for meth in cfg.study.methods:
+        group = cells_at(cells, meth.label, ratio)
+        for g in (group[0]["grids"] if group else []):
+            a = aggregate(cells, meth.label, ratio, g["label"])
+            rows.append({"method": meth.label + ("" if g["training_grid"] or meth.name != "bidpm" else " (other N)"),
+                         "nfe": g["steps"], "grid": g["label"], **{k: a[k] for k in a if k.startswith(tuple(DIRS))}})
+    return _plot(rows, "nfe", cfg.study.metric, "NFE (Euler steps)", log=True,
+                 title=f"Figure 7: quality vs NFE at {100 * ratio:g}% paired", cfg=cfg), rows
+
+
+def _plot(rows: list[dict], x: str, m: str, xlabel: str, log: bool, title: str, cfg: Any) -> bytes:
+    import matplotlib.ticker
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, d, name in zip(axes, DIRS, ("forward (source -> target)", "backward (target -> source)")):
+        for meth in dict.fromkeys(r["method"] for r in rows):
+            pts = sorted((r[x], r[f"{d}_{m}"], r[f"{d}_{m}_seed_std"]) for r in rows if r["method"] == meth)
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                        label=meth, linestyle="--" if "(other N)" in meth else "-")
+        ax.set(xlabel=xlabel, title=name, xscale="log" if log else "linear")
+        ax.set_xticks(sorted({r[x] for r in rows}))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"test {m.upper()} (mean ± std over seeds)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{title}\n{scale_note(cfg.evaluation.scale)}", fontsize=8)
+    fig.tight_layout()
+    return png_bytes(fig)

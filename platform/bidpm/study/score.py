@@ -1,0 +1,103 @@
+"""One cell as a Tune trial: train it (one Ray Train run, resumable by name), score its best checkpoint
+on the test split at the cell's grids (THE evaluation, in a Ray task with one Train worker's resources),
+write ``cells/<id>.json`` and report. A cell whose file exists reports it and trains nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from ..config import Config, config_from_dict
+from ..io import storage
+from .cells import Cell, cell_config, cell_file, cell_grids, cells_by_id, fid_wanted, study_dir
+
+__all__ = ["final_metrics", "score_cell"]
+
+
+def _cell_trial(config: dict[str, Any], base_cfg: dict[str, Any]) -> None:
+    """One cell: train, score, write ``cells/<id>.json``, report. Its name is Tune's trainable name, which
+    a restored study checks: it stays ``_cell_trial``."""
+    import ray
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from ..io.checkpoints import checkpoint_location
+    from ..raycluster.resources import task_options
+    from ..train.launch import best_checkpoint, build_datasets, run_training
+    from ..tune.names import TRAIN_RUNS, train_run_name
+
+    cfg = config_from_dict(base_cfg, origin="study config")
+    cell = cells_by_id(cfg)[config["cell"]]
+    ccfg = cell_config(cfg, cell)
+    loc = cell_file(cfg, cell.id)
+    if storage.is_file(loc):                                   # scored before a restart: never retrained
+        tune.report(final_metrics(json.loads(storage.read_bytes(loc))))
+        return
+    t0 = time.time()
+    result = run_training(ccfg, callbacks=[TuneReportCallback()], resume=True,
+                          name=train_run_name(tune.get_context().get_trial_name()),
+                          storage_path=study_dir(cfg) + "/" + TRAIN_RUNS, datasets=build_datasets(ccfg))
+    wall = time.time() - t0
+    ck = checkpoint_location(best_checkpoint(result, ccfg).path, ccfg.storage_path)
+    # the scoring task asks for one Train worker's resources OUTSIDE the trial's own small reservation
+    score = ray.remote(score_cell).options(**task_options(ccfg),
+                                           scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+    scores = ray.get(score.remote(ck, ccfg.to_dict(), cell.as_dict(), fid_wanted(cfg)))
+    m = result.metrics or {}
+    scores.update(cell=cell.as_dict(), checkpoint=ck,
+                  cost={"train_wall_s": wall, "images_per_s": m.get("train/images_per_s"),
+                        "peak_mem_mb": m.get("train/peak_mem_mb"), "epochs": m.get("epoch")})
+    storage.write_bytes_atomic(loc, json.dumps(scores).encode())
+    tune.report(final_metrics(scores))
+
+
+def score_cell(checkpoint_path: str, cfg_dict: dict[str, Any], cell: dict[str, Any], fid: bool) -> dict[str, Any]:
+    """Load the cell's best checkpoint and score it on the test split at the cell's grids (a Ray task)."""
+    from ..evaluation import evaluate_split
+    from ..io.checkpoints import local_checkpoint
+    from ..trained import TrainedModel, pick_device
+
+    cfg = config_from_dict(cfg_dict, origin="study cell")
+    c = Cell(**cell)
+    with local_checkpoint(checkpoint_path) as folder:
+        model = TrainedModel.from_checkpoint(folder, pick_device(cfg.evaluation.device)).accelerate(cfg)
+    ev = evaluate_split(model, cfg, "test", cell_grids(cfg, c))       # cfg: the cell's own (carries study:)
+    out = {"grids": [{"label": g.spec.label, "steps": g.spec.steps, "grid": list(g.spec.grid),
+                      "training_grid": g.spec.training_grid, "summary": g.summary("test"),
+                      "values": {d: {m: v.tolist() for m, v in per.items()} for d, per in g.values.items()}}
+                     for g in ev.grids],
+           "ids": [list(i) for i in ev.ids], "scale": ev.scale,
+           "params": sum(p.numel() for p in model.net.parameters())}
+    core = getattr(model.net, "generator_parameters", None)
+    if core is not None:
+        out["params_generators"] = core()
+    if fid:
+        out["fid_fwd"] = _fid(model, cfg, ev.main.spec.grid)
+    return out
+
+
+def _fid(model: Any, cfg: Config, grid: Any) -> float:
+    """FID of forward syntheses vs real targets of the test split (Inception weights must be local)."""
+    import torch
+
+    from ..data.readers import iter_split
+    from ..metrics import fid
+
+    real, fake = [], []
+    for b in iter_split(cfg, "test", cfg.evaluation.batch_size):
+        x = torch.from_numpy(b.source).to(model.device)
+        fake.append(model.sample(x, "forward", list(grid)).float().cpu())
+        real.append(torch.from_numpy(b.target))
+    return fid(real, fake, device=str(model.device))
+
+
+def final_metrics(scores: dict[str, Any]) -> dict[str, Any]:
+    """The cell's last Tune result: the main grid's test summary, cost, and ``cell_done``."""
+    main = next((g for g in scores["grids"] if g["training_grid"]), scores["grids"][0])
+    out = dict(main["summary"])
+    out.update({f"cost/{k}": v for k, v in scores["cost"].items() if v is not None})
+    out.update({"cell_done": 1, "cost/params": scores["params"]})
+    return out
