@@ -13,7 +13,7 @@ import importlib
 import shlex
 import signal
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from .config import Config, ConfigError, load_config
 
@@ -50,7 +50,7 @@ def command_parser(doc: str, job: str, overrides_help: str = OVERRIDES_HELP) -> 
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """``--checkpoint`` or ``--model-uri``: the model a job loads (``bidpm.trained.load_trained``)."""
+    """``--checkpoint`` or ``--model-uri``: the model a job loads (``load_model_arg``)."""
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="training checkpoint folder (holds state.pt)")
     which.add_argument("--model-uri", help="registered/logged model, e.g. models:/bidpm@champion")
@@ -64,6 +64,23 @@ def parse_job_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")
     return cfg, args
+
+
+def load_model_arg(args: argparse.Namespace, cfg: Config, device: str) -> "Any":
+    """The ``TrainedModel`` a job's ``--checkpoint`` or ``--model-uri`` names, on ``device``, accelerated by
+    ``evaluation.*``. A config or data overrides on the command line must describe the same data as the
+    model (``trained.check_compatible``)."""
+    from .trained import TrainedModel, check_compatible
+
+    if args.checkpoint:
+        model = TrainedModel.from_checkpoint(args.checkpoint, device)
+    else:
+        from .tracking.pyfunc import load_model
+
+        model = load_model(str(args.model_uri), cfg, device)
+    if config_given(args):
+        check_compatible(model.cfg, cfg, model.origin)
+    return model.accelerate(cfg)
 
 
 def config_given(args: argparse.Namespace) -> bool:

@@ -1,20 +1,16 @@
 """A trained model: velocity field + its config + where it came from, built in ONE place.
 
-``TrainedModel.from_checkpoint`` (a training checkpoint folder) and ``TrainedModel.from_model_uri``
-(``models:/name@alias``, ``models:/name/3``, ``runs:/...``) are the only ways a checkpoint becomes a
-model: the MLflow pyfunc (``tracking.pyfunc``), synthesis, evaluation and promotion all go through them.
-Both read weights only (``torch.load(weights_only=True)``); no pickle of a logged model is ever loaded.
-``sample(x, direction, grid)`` runs the Euler solver (``method.solver``) directly - no training
-objective, so no LPIPS weights are needed to synthesise.
-
-The network is the EMA copy (what validation and the registry score). Imports torch; MLflow only
-inside ``from_model_uri``.
+``TrainedModel.from_checkpoint`` (a training checkpoint folder, weights only:
+``torch.load(weights_only=True)``) is how every checkpoint becomes a model - a registered one too,
+whose checkpoint artifact ``tracking.pyfunc.load_model`` downloads first. ``sample(x, direction,
+grid)`` runs the Euler solver (``method.solver``) directly: no training objective, so no LPIPS
+weights are needed to synthesise. The network is the EMA copy (what validation and the registry
+score). Imports torch; no MLflow, no Ray.
 """
 
 from __future__ import annotations
 
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,7 +21,7 @@ from torch import Tensor, nn
 from .config import Config, ConfigError
 from .method.solver import Direction, check_direction, check_grid, euler_integrate
 
-__all__ = ["TrainedModel", "check_compatible", "load_trained", "pick_device"]
+__all__ = ["TrainedModel", "check_compatible", "pick_device"]
 
 
 @dataclass
@@ -84,62 +80,6 @@ class TrainedModel:
             raise ConfigError(f"--checkpoint {ck}: not a readable bidpm checkpoint ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:200]}); pass the checkpoint_* folder or its state.pt") from None
         return cls(net.eval().requires_grad_(False), cfg, f"checkpoint {ck}").to(device)
-
-    @classmethod
-    def from_model_uri(cls, model_uri: str, cfg: Config, device: str | torch.device = "cpu") -> "TrainedModel":
-        """A logged/registered bidpm model from the tracking store ``cfg.mlflow_uri`` (checked first, so
-        an unreachable server fails in seconds). Downloaded into a temporary folder, removed afterwards.
-
-        Loaded from its WEIGHTS, exactly as a checkpoint folder is (``state.pt`` with
-        ``torch.load(weights_only=True)`` + the config in it): the model's ``python_model.pkl`` is never
-        unpickled. Why: whoever can write to the registry could otherwise run code in every driver
-        that promotes, evaluates or synthesises with the model. The pyfunc is for serving only."""
-        import mlflow
-        import yaml
-        from mlflow.exceptions import MlflowException
-
-        from .tracking.pyfunc import MODEL_FORMAT
-        from .tracking.store import use_store
-
-        uri = use_store(cfg)
-        with tempfile.TemporaryDirectory(prefix="bidpm-model-") as workdir:
-            try:
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=workdir))
-            except (MlflowException, OSError) as exc:
-                raise ConfigError(
-                    f"--model-uri {model_uri}: cannot be fetched from the tracking store {uri} "
-                    f"({str(exc).splitlines()[0]}); check the name/alias (`mlflow models` / the MLflow UI) and "
-                    f"tracking.tracking_uri (pass the training config with --config)") from None
-            meta = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
-            meta = meta if isinstance(meta, dict) else {}
-            flavor = ((meta.get("flavors") or {}).get("python_function") or {})
-            ck_rel = ((flavor.get("artifacts") or {}).get("checkpoint") or {}).get("path")
-            fmt = (meta.get("metadata") or {}).get("bidpm.format")
-            ck = (local / str(ck_rel)).resolve() if ck_rel else None
-            if (ck is None or local.resolve() not in ck.parents or not (ck / "state.pt").is_file()
-                    or fmt not in (None, MODEL_FORMAT)):
-                raise ConfigError(f"--model-uri {model_uri}: not a bidpm model (no checkpoint artifact with state.pt in "
-                                  "its MLmodel); register models with jobs/tune_steps.py / bidpm.tracking.log_model")
-            try:
-                model = cls.from_checkpoint(ck, device)
-            except ConfigError as exc:
-                raise ConfigError(f"--model-uri {model_uri}: {str(exc).removeprefix(f'--checkpoint {ck}: ')}") from None
-        model.origin = f"model {model_uri}"
-        return model
-
-
-def load_trained(checkpoint: Optional[str], model_uri: Optional[str], cfg: Config, explicit_config: bool,
-                 device: str) -> TrainedModel:
-    """The model a job names with ``--checkpoint`` or ``--model-uri``, on ``device``.
-
-    ``explicit_config``: the user passed a config / data overrides, which must then describe the same
-    data as the model (``check_compatible``)."""
-    model = (TrainedModel.from_checkpoint(checkpoint, device) if checkpoint
-             else TrainedModel.from_model_uri(str(model_uri), cfg, device))
-    if explicit_config:
-        check_compatible(model.cfg, cfg, model.origin)
-    return model.accelerate(cfg)
-
 
 
 def check_compatible(model_cfg: Config, cfg: Config, what: str) -> None:

@@ -16,7 +16,7 @@ from bidpm.config import ConfigError, config_from_dict, load_config
 from bidpm.config.data import SALT_ENV
 from bidpm.data import DataError, load_manifest, prepare_shards
 from bidpm.data.phantom import write_phantoms
-from bidpm.data.shards import skipped_report
+from bidpm.data.skipped import skipped_report
 
 pytestmark = pytest.mark.integration
 

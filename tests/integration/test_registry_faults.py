@@ -31,8 +31,8 @@ import mlflow
 from bidpm import tracking
 from bidpm.config import load_config
 from bidpm.config.data import SALT_ENV
-from bidpm.tracking.registry import (CHAMPION, LOCK_SUFFIX, TAG_REGISTRATION_KEY, promotion_lock,
-                                     registration_key)
+from bidpm.tracking.promotion import LOCK_SUFFIX, promotion_lock
+from bidpm.tracking.registry import CHAMPION, TAG_REGISTRATION_KEY, registration_key
 
 from tiny import tiny_checkpoint, tiny_overrides  # tests/tiny.py
 
@@ -65,8 +65,10 @@ class _Payload:
 
 
 def test_tampered_python_model_pickle_is_never_executed(tmp_path):
+    from argparse import Namespace
+
+    from bidpm.cli import load_model_arg
     from bidpm.method.solver import euler_integrate
-    from bidpm.trained import TrainedModel, load_trained
     from bidpm.train.checkpoint import load_checkpoint_model
 
     cfg = _cfg(tmp_path)
@@ -83,8 +85,8 @@ def test_tampered_python_model_pickle_is_never_executed(tmp_path):
     for p in stored:
         p.write_bytes(pickle.dumps(_Payload(str(marker))))
     # every way the platform loads a registered model: promotion / evaluation / synthesis
-    models = [TrainedModel.from_model_uri(f"models:/tiny/{version}", cfg),
-              load_trained(None, "models:/tiny@champion", cfg, explicit_config=True, device="cpu")]
+    job_args = Namespace(checkpoint=None, model_uri="models:/tiny@champion", config="given.yaml", overrides=[])
+    models = [tracking.load_model(f"models:/tiny/{version}", cfg), load_model_arg(job_args, cfg, "cpu")]
     assert not marker.exists(), "loading the model ran the tampered pickle"
     # ... and they are the checkpoint's EMA field (independent reference: the checkpoint itself)
     _, ema_net, _ = load_checkpoint_model(ck)
@@ -104,7 +106,6 @@ def test_tampered_python_model_pickle_is_never_executed(tmp_path):
 def test_a_foreign_model_is_refused_without_unpickling(tmp_path):
     """A registered version whose MLmodel has no bidpm checkpoint artifact: a clear error, nothing run."""
     from bidpm.config import ConfigError
-    from bidpm.trained import TrainedModel
 
     cfg = _cfg(tmp_path)
     client, exp_id = tracking.connect(cfg)
@@ -117,7 +118,7 @@ def test_a_foreign_model_is_refused_without_unpickling(tmp_path):
     client.create_registered_model("foreign")
     client.create_model_version("foreign", source=str(art))
     with pytest.raises(ConfigError, match="not a bidpm model"):
-        TrainedModel.from_model_uri("models:/foreign/1", cfg)
+        tracking.load_model("models:/foreign/1", cfg)
     assert not marker.exists()
 
 
@@ -378,6 +379,4 @@ def test_auth_server_refuses_anonymous_clients_and_serves_the_platform(tmp_path,
     uri_model = tracking.log_model(cfg, run_id, str(tiny_checkpoint(cfg, tmp_path / "ck")))
     v = tracking.register(client, cfg, uri_model, run_id, {})
     assert tracking.promote(client, cfg, v, evaluate=lambda u: {cfg.tracking.promote_metric: 0.5}).promoted
-    from bidpm.trained import TrainedModel
-
-    assert TrainedModel.from_model_uri("models:/tiny@champion", cfg).grid == [0.0, 0.4, 1.0]
+    assert tracking.load_model("models:/tiny@champion", cfg).grid == [0.0, 0.4, 1.0]

@@ -23,7 +23,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from ..cli import add_model_args, command_parser, config_given, parse_job_args
+from ..cli import add_model_args, command_parser, config_given, load_model_arg, parse_job_args
 from ..config import ConfigError
 
 
@@ -58,11 +58,11 @@ def run_evaluation(cfg, args, steps: list[int]) -> int:
     from ..evaluation import evaluate_split, grids_for
     from ..io.storage import write_bytes_atomic
     from ..report import format_grid_table, format_volume_table, grid_rows, plot_steps
-    from ..trained import load_trained, pick_device
+    from ..trained import pick_device
 
     explicit = config_given(args)
     device = pick_device(args.device or cfg.evaluation.device)
-    model = load_trained(args.checkpoint, args.model_uri, cfg, explicit, device)
+    model = load_model_arg(args, cfg, device)
     # data settings: the model's own unless given; scoring settings (evaluation.*): always this command's
     data_cfg = (cfg if explicit else model.cfg).model_copy(update={"evaluation": cfg.evaluation})
     if args.max_slices is not None and args.max_slices < 1:

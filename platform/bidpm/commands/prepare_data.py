@@ -36,7 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     m = load_manifest(cfg)
     counts = ", ".join(f"{s} {v['subjects']} subjects / {v['slices']} slices" for s, v in m["splits"].items())
     print(f"manifest: {path}\n{counts}; skipped {len(m['skipped'])}; content digest {m['content_digest'][:12]}")
-    from ..data.shards import skipped_report
+    from ..data.skipped import skipped_report
 
     for line in skipped_report(cfg, m):     # original ids and paths: console only, never in the manifest
         print(line)

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..cli import add_model_args, command_parser, config_given, parse_job_args
+from ..cli import add_model_args, command_parser, load_model_arg, parse_job_args
 from ..config import ConfigError
 
 
@@ -65,11 +65,11 @@ def run_synthesis(cfg, args) -> int:
 
     from ..data.inputs import find_mask, output_paths, resolve_inputs
     from ..synthesis import modalities_for, output_params, synthesize_volume
-    from ..trained import load_trained, pick_device
+    from ..trained import pick_device
 
     grid_pts = parse_grid(args.steps, args.grid)
     device = pick_device(args.device)
-    model = load_trained(args.checkpoint, args.model_uri, cfg, config_given(args), device)
+    model = load_model_arg(args, cfg, device)
     model_cfg, what = model.cfg, model.origin
     in_mod, out_mod = modalities_for(model_cfg, args.direction)
     inputs = resolve_inputs(args.input, in_mod, out_mod, args.direction)

@@ -1,7 +1,8 @@
-"""Datasets: layouts, phantoms, slicing/normalisation (pure), and the Ray Data shard pipeline.
+"""Datasets: layouts, phantoms, slicing/normalisation (pure), the Ray Data shard pipeline (``shards``),
+the manifest (``manifest``) and the readers (``readers``: Ray Data for training, pyarrow for scoring).
 
-``prepare_shards``, ``read_split`` and ``verify_shards`` import Ray lazily (``iter_split`` never does) (on first use), so pure
-modules (``phantom``, ``layouts``, ``normalise``, ``pairing``) stay importable without it.
+``prepare_shards`` and ``read_split`` are looked up on first use (they import Ray; ``iter_split`` never
+does), so the pure modules stay importable without it.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from .geometry import rebuild_volume
-from .manifest import DataError, load_manifest, volume_geometry
+from .manifest import DataError, load_manifest, verify_shards, volume_geometry
 from .normalise import denormalise, denormalise_ct, denormalise_mr, normalise
 from .pairing import pair_u, paired_flags
 
-_LAZY = {"prepare_shards", "verify_shards"}
+_LAZY = {"prepare_shards"}
 _READERS = {"read_split", "iter_split", "TRAIN_COLUMNS", "READ_COLUMNS"}
 
 __all__ = [

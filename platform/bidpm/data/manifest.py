@@ -17,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from typing import Any, Iterable
 
 from ..io import storage
 from .layouts import SubjectFiles
+from .split import SPLITS
 
 SCHEMA_VERSION = 2  # 2: image columns stored as fixed-size binary (bidpm.data.tensor_columns)
 MANIFEST = "manifest.json"
@@ -158,3 +160,52 @@ def volume_geometry(manifest: dict, subject: str) -> dict:
         return manifest["volumes"][subject]
     except KeyError:
         raise KeyError(f"subject {subject!r} is not in the manifest ({len(manifest['volumes'])} volumes); use the pseudonymous id from the shards' subject column") from None
+
+def build_manifest(cfg, version: str, subjects: list[SubjectFiles], assignment: dict, good: list[dict],
+                   bad: list[dict]) -> dict:
+    """The manifest of one ingest: schema, counts per split, every shard file with its sha256, per-volume
+    geometry, the skipped subjects (pseudonyms and a category of problem only) and the content digest.
+    ``good``/``bad``: the ingest tasks' result rows; ``assignment``: subject -> split (None: unassigned)."""
+    d = cfg.data
+    src_mod, tgt_mod = d.modalities
+    files = [{"path": r["file"], "split": r["split"], "subject": r["pseudonym"], "rows": int(r["rows"]), "sha256": r["sha256"]} for r in good]
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config_digest": config_digest(cfg),
+        "input_digest": version,
+        "config": redacted_data_config(cfg),
+        "layout": d.reader_layout,
+        "source_modality": src_mod,
+        "target_modality": tgt_mod,
+        "image_size": list(d.image_size),
+        "pseudonymised": d.pseudonymise,
+        "columns": {
+            "subject": "string (pseudonym when pseudonymised)", "slice": "int32 (RAS z index)", "split": "string",
+            "source": f"float32 {list(d.image_size)} in [-1, 1]; on disk fixed-size binary (little-endian, row-major; "
+                      "field metadata bidpm.tensor gives dtype and shape), read_split yields fixed-shape tensors",
+            "target": "same as source", "mask": f"float32 {list(d.image_size)} in {{0, 1}}, stored like source",
+        },
+        "splits": {
+            s: {"subjects": sum(1 for r in good if r["split"] == s), "slices": sum(int(r["rows"]) for r in good if r["split"] == s)}
+            for s in SPLITS
+        },
+        "unassigned_subjects": sum(1 for s in subjects if assignment[s.subject] is None),
+        "files": files,
+        "volumes": {r["pseudonym"]: json.loads(r["meta"]) for r in good},
+        "skipped": [
+            {"subject": r["pseudonym"], "kind": r["kind"], "role": r["role"], "problem": r["problem"],
+             **({} if d.pseudonymise else {"location": r["location"]})}
+            for r in sorted(bad, key=lambda r: r["pseudonym"])
+        ],
+        "content_digest": content_digest(files),
+    }
+    return manifest
+
+
+def verify_shards(manifest: dict) -> None:
+    """Recompute every shard file's sha256 against the manifest; raises DataError on a mismatch."""
+    for f in manifest["files"]:
+        loc = storage.join(manifest["location"], f["path"])
+        if hashlib.sha256(storage.read_bytes(loc)).hexdigest() != f["sha256"]:
+            raise DataError(f"{loc}: content differs from the manifest's sha256; fix: rerun jobs/prepare_data.py into a fresh data.shards_dir")

@@ -1,4 +1,4 @@
-"""Ray Data pipeline: NIfTI volume pairs -> Parquet slice shards + manifest; and reading them back.
+"""Ray Data ingest: NIfTI volume pairs -> Parquet slice shards + manifest (``prepare_shards``).
 
 Ingest (``prepare_shards``): the driver discovers the subject table (lists/stats only), assigns
 splits, then ``ray.data.from_items(groups).flat_map(_ingest_group)`` runs a few subjects per task
@@ -10,7 +10,7 @@ is written last, atomically; then the CURRENT pointer. Why tasks write their own
 ``Dataset.write_parquet``: the file names are then deterministic (one per subject), so the content
 digest is reproducible and the volume metadata arrives with the rows' file, in the same pass.
 
-Reading the shards back is ``readers.py`` (Ray Data for training, pyarrow for evaluation).
+The manifest's content is ``manifest.build_manifest``; reading the shards back is ``readers``.
 """
 
 from __future__ import annotations
@@ -27,12 +27,9 @@ import pyarrow as pa
 from ..io import storage
 from .layouts import LayoutError, Problem, SubjectFiles, discover
 from .manifest import (
-    CURRENT, MANIFEST, SCHEMA_VERSION, DataError, config_digest, content_digest, input_digest,
-    input_root_location, pseudonym, read_manifest, redacted_data_config, version_base,
+    CURRENT, MANIFEST, DataError, build_manifest, input_digest, input_root_location, pseudonym, read_manifest, version_base,
 )
-from ..config.data import SALT_ENV
 from .split import SPLITS, assign_splits
-from .readers import READ_COLUMNS, TRAIN_COLUMNS, read_shard_file, read_split  # noqa: F401 - re-exported
 from .volume import SliceSettings, VolumeError, slice_table, write_table
 
 _RESULT_KEYS = ("subject", "pseudonym", "split", "file", "rows", "sha256", "meta", "kind", "role", "location", "problem", "fix", "fatal")
@@ -231,89 +228,11 @@ def prepare_shards(cfg) -> Path | str:
         listed = (f"; {len(bad)} of {len(results)} subjects were skipped as bad:\n{_format_errors(bad)}\n"
                   "fix: repair these inputs or add subjects") if bad else "; fix: add subjects or lower data.split fractions"
         raise DataError(f"no usable training subject in {root}; no manifest written{listed}")
-    files = [{"path": r["file"], "split": r["split"], "subject": r["pseudonym"], "rows": int(r["rows"]), "sha256": r["sha256"]} for r in good]
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config_digest": config_digest(cfg),
-        "input_digest": version,
-        "config": redacted_data_config(cfg),
-        "layout": d.reader_layout,
-        "source_modality": src_mod,
-        "target_modality": tgt_mod,
-        "image_size": list(d.image_size),
-        "pseudonymised": d.pseudonymise,
-        "columns": {
-            "subject": "string (pseudonym when pseudonymised)", "slice": "int32 (RAS z index)", "split": "string",
-            "source": f"float32 {list(d.image_size)} in [-1, 1]; on disk fixed-size binary (little-endian, row-major; "
-                      "field metadata bidpm.tensor gives dtype and shape), read_split yields fixed-shape tensors",
-            "target": "same as source", "mask": f"float32 {list(d.image_size)} in {{0, 1}}, stored like source",
-        },
-        "splits": {
-            s: {"subjects": sum(1 for r in good if r["split"] == s), "slices": sum(int(r["rows"]) for r in good if r["split"] == s)}
-            for s in SPLITS
-        },
-        "unassigned_subjects": sum(1 for s in subjects if assignment[s.subject] is None),
-        "files": files,
-        "volumes": {r["pseudonym"]: json.loads(r["meta"]) for r in good},
-        "skipped": [
-            {"subject": r["pseudonym"], "kind": r["kind"], "role": r["role"], "problem": r["problem"],
-             **({} if d.pseudonymise else {"location": r["location"]})}
-            for r in sorted(bad, key=lambda r: r["pseudonym"])
-        ],
-        "content_digest": content_digest(files),
-    }
+    manifest = build_manifest(cfg, version, subjects, assignment, good, bad)
     _write_record(manifest_loc, json.dumps(manifest, indent=1).encode(), version_dir)
     _write_record(storage.join(base, CURRENT), json.dumps({"version": version}).encode(), version_dir)
     return _as_return(manifest_loc)
 
 
-def skipped_report(cfg, manifest: dict) -> list[str]:
-    """Console lines for the manifest's skipped subjects, each with the ORIGINAL id and the file path.
-
-    The manifest keeps pseudonyms only (it travels with the shards); a user fixing inputs needs the id
-    and the file. Both come back here from the inputs (listed again: no volume is read) and the salt,
-    so they are printed for whoever runs the ingest and never written anywhere.
-    """
-    skipped = list(manifest.get("skipped") or [])
-    if not skipped:
-        return []
-    d = cfg.data
-    salt = d.known_salt() if d.pseudonymise else ""
-    by_name: dict[str, SubjectFiles] = {}
-    note = []
-    if salt is None:
-        note = [f"  (original ids and paths need the pseudonym salt: set ${SALT_ENV} as for the ingest)"]
-    else:
-        try:
-            src_mod, tgt_mod = d.modalities
-            found = discover(d.reader_layout, input_root_location(cfg), src_mod, tgt_mod, d.reader_region)
-        except (LayoutError, DataError, OSError) as exc:
-            found, note = [], [f"  (inputs not listable for original ids: {exc})"]
-        by_name = {pseudonym(s.subject, salt, d.pseudonymise): s for s in found}
-    lines = []
-    for e in skipped:
-        s = by_name.get(e["subject"])
-        if s is None:
-            where = f" file {e['location']}" if e.get("location") else ""
-            lines.append(f"  skipped {e['subject']}: {e['role']}{where}: {e['problem']} [{e['kind']}]")
-            continue
-        loc = s.problem.location if s.problem else (getattr(s, e["role"], None) or e.get("location") or "?")
-        lines.append(f"  skipped subject {s.subject} (pseudonym {e['subject']}): {e['role']} file {loc}: "
-                     f"{e['problem']} [{e['kind']}]")
-    return lines + note
-
-
 def _as_return(location: str) -> Path | str:
     return location if storage.is_uri(location) else Path(location)
-
-
-def verify_shards(manifest: dict) -> None:
-    """Recompute every shard file's sha256 against the manifest; raises DataError on a mismatch."""
-    import hashlib
-
-    for f in manifest["files"]:
-        loc = storage.join(manifest["location"], f["path"])
-        if hashlib.sha256(storage.read_bytes(loc)).hexdigest() != f["sha256"]:
-            raise DataError(f"{loc}: content differs from the manifest's sha256; fix: rerun jobs/prepare_data.py into a fresh data.shards_dir")
-

@@ -1,6 +1,6 @@
 """One subject pair -> one Parquet slice table. The unit of work of an ingest task (no Ray here).
 
-Steps (paper 3.2 + issue 3): read both volumes (and the mask) -> RAS -> check the pair's geometry ->
+Steps (paper 3.2): read both volumes (and the mask) -> RAS -> check the pair's geometry ->
 build the mask -> normalisation parameters per volume -> pick transverse slices -> normalise ->
 resize (images anti-aliased, mask nearest) -> a table of K rows. Memory: one pair of volumes.
 """

@@ -1,6 +1,6 @@
 """THE scorer: a model on batches of (source, target, mask), both directions, any list of time grids.
 
-Every caller uses it - training validation (``train/loop``), registry promotion (``tracking.registry``),
+Every caller uses it - training validation (``train/loop``), registry promotion (``tracking.promotion``),
 ``jobs/evaluate.py`` and the ablation/study jobs - so one checkpoint on one split gets one set of
 numbers, under one key schema:
 

@@ -5,7 +5,7 @@ computes the same u_theta(x, t) (exactly in fp32 for checkpointing; within float
 whose kernels reorder sums). Each ``Optional[bool]`` switch of the config means "on where it pays":
 ``None`` turns it on for CUDA devices and off on CPU, so CPU runs and their results stay as they were.
 
-Why each one (measured on one H200 at 192 px, batch 16, see issue 12 and ``benchmarks/gpu_step.py``):
+Why each one (measured on one H200 at 192 px, batch 16, with ``benchmarks/gpu_step.py``):
 eager bf16 was only 8% faster than fp32, so a step is bound by memory traffic and kernel launches
 (GroupNorm, SiLU, casts, residual adds), which ``torch.compile`` fuses; convolutions in channels_last run
 on tensor cores without layout transposes; fused Adam is one kernel instead of a loop over parameters.

@@ -20,16 +20,17 @@ from ray.tune import RunConfig, TuneConfig, Tuner
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from ..config import Config, config_from_dict
+from ..config import Config
 from ..io import storage
 from ..tune.experiment import ExperimentFailed, ExperimentRuns, check_finished, preflight
 from ..tune.mlflow import MLflowTrialCallback
-from ..tune.names import TRAIN_RUNS, also_known_as, experiment_dir, train_run_name
+from ..tune.names import also_known_as, experiment_dir
 from ..tune.names import trial_name as named
 from ..tune.reporter import progress_settings
 from ..tune.watchdog import StallWatchdog
 from .best import best_config, register_best, write_best_config
 from .space import define_by_run, overrides_of, sample_overrides, trial_config
+from .trial import _trial
 from .table import SearchReporter, best_row, format_table, trial_row
 
 STUDY_FILE = "study.json"
@@ -59,18 +60,6 @@ def trial_name(trial: Any) -> str:
     return named("trial", trial.trial_id)
 
 
-def _trial(config: dict[str, Any], base_cfg: dict[str, Any], datasets: Optional[dict[str, Any]]) -> None:
-    """One trial: the search config + this trial's overrides -> one Ray Train run (resumable by name).
-    Its name is Tune's trainable name, which a restored experiment checks: it stays ``_trial``."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from ..train import run_training
-
-    cfg = trial_config(config_from_dict(base_cfg, origin="study config"), overrides_of(config))
-    run_training(cfg, callbacks=[TuneReportCallback()], resume=True, name=train_run_name(tune.get_context().get_trial_name()),
-                 storage_path=experiment_dir(cfg, cfg.tune.experiment_name) + "/" + TRAIN_RUNS, datasets=datasets)
-
-
 class SearchTrialCallback(MLflowTrialCallback):
     """A child MLflow run per trial, holding the config the trial trains."""
 
@@ -79,7 +68,7 @@ class SearchTrialCallback(MLflowTrialCallback):
 
 
 # experiments started before the search had its own room pickled these names under bidpm.tune.*
-also_known_as("bidpm.tune.launch", trial_name=trial_name, _trial=_trial)
+also_known_as("bidpm.tune.launch", trial_name=trial_name)
 also_known_as("bidpm.tune.space", sample_overrides=sample_overrides)
 also_known_as("bidpm.tune.callback", MLflowTrialCallback=SearchTrialCallback)
 also_known_as("bidpm.tune.progress", BidpmReporter=SearchReporter)

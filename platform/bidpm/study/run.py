@@ -62,7 +62,7 @@ class CellCallback(MLflowTrialCallback):
 
 
 # studies started before the study had its own room pickled these names under bidpm.tune.*
-also_known_as("bidpm.tune.study", _name=cell_trial_name, StudyCellCallback=CellCallback, _cell_trial=_cell_trial)
+also_known_as("bidpm.tune.study", _name=cell_trial_name, StudyCellCallback=CellCallback)
 also_known_as("bidpm.tune.progress", CellProgress=CellProgress)
 
 

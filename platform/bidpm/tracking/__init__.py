@@ -1,6 +1,7 @@
-"""MLflow, one module per concept: ``store`` (connect, health check), ``provenance`` (commit, Ray job,
-dataset lineage, config params), ``runs`` (study parent run, trial child runs, metrics), ``pyfunc``
-(the logged model) and ``registry`` (register, aliases, challenger vs champion promotion).
+"""MLflow, one module per concept: ``store`` (connect, health check, outages), ``provenance`` (commit,
+Ray job, dataset lineage, config params), ``runs`` (parent and child runs, metrics), ``journal`` (what
+an outage left unwritten), ``pyfunc`` (the logged model format: written and read), ``registry``
+(register, aliases) and ``promotion`` (challenger vs champion).
 
 Callers use ``from bidpm import tracking`` and the names below.
 """
@@ -13,10 +14,9 @@ from .provenance import REPO_DIR, config_params, git_commit, log_dataset, ray_jo
 # a schema), from inside its own "once" filter, so no filter silences it: the warnings of this one import are
 # recorded and dropped, so that a job's stderr holds its own messages (a user error is one line there).
 with warnings.catch_warnings(record=True):
-    from .pyfunc import MODEL_FORMAT, BidpmPyfunc, input_shape, log_model, model_signature
-from .registry import (
-    CHALLENGER, CHAMPION, Promotion, alias_version, check_registry, decision_tags, promote, register, score_model,
-)
+    from .pyfunc import MODEL_FORMAT, BidpmPyfunc, input_shape, load_model, log_model, model_signature
+from .promotion import Promotion, decision_tags, promote, score_model
+from .registry import CHALLENGER, CHAMPION, alias_version, check_registry, register
 from .runs import (
     TAG_PARENT, TAG_ROLE, TAG_SCALE, TAG_STUDY, TAG_TRIAL, end_open_children, end_study_runs, find_run, log_json,
     log_metrics, log_params, set_tags, study_run, trial_run,
@@ -28,7 +28,7 @@ __all__ = [
     "BidpmPyfunc", "CHALLENGER", "CHAMPION", "MODEL_FORMAT", "Promotion", "REPO_DIR", "TAG_PARENT", "TAG_ROLE",
     "TAG_SCALE", "TAG_STUDY", "TAG_TRIAL", "TrackingError", "TrackingUnavailable", "alias_version", "artifact_root",
     "check_registry", "config_params", "connect", "decision_tags", "end_open_children", "end_study_runs", "find_run",
-    "is_outage", "outage_in", "unavailable", "git_commit", "input_shape", "log_dataset", "log_json",
+    "is_outage", "outage_in", "unavailable", "git_commit", "input_shape", "load_model", "log_dataset", "log_json",
     "log_metrics", "log_model", "log_params", "model_signature", "promote", "ray_job_id", "register", "score_model",
     "set_tags", "study_run", "trial_run", "use_store", "where",
 ]

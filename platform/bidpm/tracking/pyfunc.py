@@ -1,25 +1,25 @@
-"""The logged model: a training checkpoint as an MLflow pyfunc that synthesises in both directions.
+"""The logged model format, with one owner: ``log_model`` writes a training checkpoint as an MLflow
+pyfunc (MLmodel + the checkpoint artifact), ``load_model`` reads one back.
 
-Why pyfunc and not ``mlflow.pytorch.log_model``: its default torch.export format froze the batch
-dimension to the input example's (batch 1 -> batch 4 failed). The pyfunc runs the Euler unroll
-(Algorithm 2) through ``bidpm.trained.TrainedModel``, on any batch size, in either direction
-(``params={"direction": ...}``); it is pickled by reference, so loading needs only ``bidpm`` and ``mlflow``.
-
-The pyfunc is for SERVING only (``mlflow models serve``, ``mlflow.pyfunc.load_model``), which unpickles
-``python_model.pkl``: serve only models from a registry you trust. The platform itself (promotion,
-evaluation, synthesis) never loads the pickle: ``TrainedModel.from_model_uri`` reads the checkpoint
-artifact's weights (``weights_only=True``) and config, which name a model by ``metadata.bidpm.format``.
-Nothing of the config but its dump is stored (``Config.to_dict``: no pseudonym salt, no subject ids).
+Why pyfunc and not ``mlflow.pytorch.log_model``: its torch.export format froze the batch dimension to
+the input example's. The pyfunc runs Algorithm 2 through ``TrainedModel`` on any batch, in either
+direction (``params={"direction": ...}``). It is for SERVING only (``mlflow models serve``), which
+unpickles ``python_model.pkl``: serve only models from a registry you trust. The platform itself
+never loads the pickle: ``load_model`` reads the MLmodel as YAML and the checkpoint artifact's
+weights (``weights_only=True``). Only the config's dump is stored (no pseudonym salt, no subject ids).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
 
 import mlflow
 import numpy as np
 
-from ..config import Config
+from ..config import Config, ConfigError
 
 MODEL_FORMAT = "bidpm-pyfunc-v1"
 
@@ -30,7 +30,7 @@ class BidpmPyfunc(mlflow.pyfunc.PythonModel):
     predict(x: float32 (B, C, H, W) in [-1, 1], params={"direction": "forward"|"backward"}) -> (B, C, H, W),
     with the EMA weights on the trained ``method.time_grid``. ``self.model`` is the ``TrainedModel``
     read from the checkpoint artifact. For serving only: the platform's jobs never load this class
-    (``TrainedModel.from_model_uri`` reads the same checkpoint without unpickling it).
+    (``load_model`` reads the same checkpoint without unpickling it).
     """
 
     def load_context(self, context):  # noqa: ANN001 - MLflow reads type hints as a schema; none on purpose
@@ -66,7 +66,6 @@ def input_shape(cfg: Config) -> str:
 def checkpoint_sha256(checkpoint_dir: str) -> str:
     """sha256 of the checkpoint's ``state.pt``: which weights a logged model holds."""
     import hashlib
-    from pathlib import Path
 
     h = hashlib.sha256()
     with open(Path(checkpoint_dir) / "state.pt", "rb") as f:
@@ -102,3 +101,51 @@ def log_model(cfg: Config, run_id: str, checkpoint_dir: str) -> str:
             metadata={"bidpm.format": MODEL_FORMAT, "bidpm.input_shape": input_shape(cfg)},
         )
     return info.model_uri
+
+
+@contextlib.contextmanager
+def model_checkpoint(model_uri: str, cfg: Config) -> Iterator[Path]:
+    """The checkpoint folder inside logged/registered model ``model_uri`` (``models:/name@alias``,
+    ``models:/name/3``, ``runs:/...``) of the store ``cfg.mlflow_uri``, for the ``with`` block: downloaded
+    into a temporary folder, its MLmodel read as YAML (never the pickle), its checkpoint artifact
+    confined to the download. Errors name the URI and the fix."""
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    from .store import use_store
+
+    uri = use_store(cfg)                 # an unreachable server fails in seconds
+    with tempfile.TemporaryDirectory(prefix="bidpm-model-") as workdir:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=workdir))
+        except (MlflowException, OSError) as exc:
+            raise ConfigError(
+                f"--model-uri {model_uri}: cannot be fetched from the tracking store {uri} "
+                f"({str(exc).splitlines()[0]}); check the name/alias (`mlflow models` / the MLflow UI) and "
+                f"tracking.tracking_uri (pass the training config with --config)") from None
+        meta = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
+        meta = meta if isinstance(meta, dict) else {}
+        flavor = ((meta.get("flavors") or {}).get("python_function") or {})
+        ck_rel = ((flavor.get("artifacts") or {}).get("checkpoint") or {}).get("path")
+        fmt = (meta.get("metadata") or {}).get("bidpm.format")
+        ck = (local / str(ck_rel)).resolve() if ck_rel else None
+        if (ck is None or local.resolve() not in ck.parents or not (ck / "state.pt").is_file()
+                or fmt not in (None, MODEL_FORMAT)):
+            raise ConfigError(f"--model-uri {model_uri}: not a bidpm model (no checkpoint artifact with state.pt in "
+                              "its MLmodel); register models with jobs/tune_steps.py / bidpm.tracking.log_model")
+        yield ck
+
+
+def load_model(model_uri: str, cfg: Config, device: Any = "cpu") -> Any:
+    """The ``TrainedModel`` of logged/registered model ``model_uri``, loaded from its weights exactly as a
+    checkpoint folder is. Why not the pyfunc: whoever can write to the registry could otherwise run code
+    in every driver that promotes, evaluates or synthesises with the model."""
+    from ..trained import TrainedModel
+
+    with model_checkpoint(model_uri, cfg) as ck:
+        try:
+            model = TrainedModel.from_checkpoint(ck, device)
+        except ConfigError as exc:
+            raise ConfigError(f"--model-uri {model_uri}: {str(exc).removeprefix(f'--checkpoint {ck}: ')}") from None
+    model.origin = f"model {model_uri}"
+    return model

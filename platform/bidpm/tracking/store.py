@@ -25,7 +25,7 @@ class TrackingError(RuntimeError):
 class TrackingUnavailable(TrackingError):
     """The tracking server stopped answering while a job ran (after MLflow's bounded retries).
 
-    The decision for an outage mid-study (issue 13, fault 9): stop at once, not buffer and catch up.
+    The decision for an outage mid-experiment: stop at once, not buffer and catch up.
     A study without its records is not one (the registry step needs the server too, and buffered
     metrics would be lost with the driver); Tune's experiment state and the Train checkpoints are kept, so
     the work lost is at most the current epoch of the running trials, and rerunning the same command once
