@@ -27,10 +27,11 @@ BIN = Path(sys.executable).parent  # this venv's `ray`, `python`, `mlflow`
 
 def ray_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     """This environment for Ray processes: the venv's ``ray``/``python`` first, no inherited RAY_ADDRESS or
-    MLFLOW_TRACKING_URI, and token auth kept on when ``ray start`` will turn it on (a token file exists)."""
+    MLFLOW_TRACKING_URI, and the session's Ray auth mode (conftest fixes it; else token auth kept on when
+    ``ray start`` will turn it on: a token file exists)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    if (Path.home() / ".ray" / "auth_token").exists() or env.get("RAY_AUTH_TOKEN"):
+    if "RAY_AUTH_MODE" not in env and ((Path.home() / ".ray" / "auth_token").exists() or env.get("RAY_AUTH_TOKEN")):
         env["RAY_AUTH_MODE"] = "token"
     env.update(extra or {})
     return env
@@ -69,13 +70,15 @@ def stop_naming(text: str, term_timeout_s: float = 15) -> list[psutil.Process]:
 
 
 @contextmanager
-def ray_head(prefix: str, *args: str, dashboard: bool = False, env: Optional[dict[str, str]] = None) -> Iterator[dict[str, str]]:
+def ray_head(prefix: str, *args: str, dashboard: bool = False, env: Optional[dict[str, str]] = None,
+             stop_timeout_s: float = 15) -> Iterator[dict[str, str]]:
     """`ray start --head` on 127.0.0.1 with its own temp dir and ports; yields {"gcs": host:port, "dashboard": url}.
 
     Defaults would collide with other Ray instances (GCS 6379, agent 52365, client 10001, ...), and ports
     picked one at a time can repeat: every component that accepts 0 binds a free port itself; the ones
     that need a number are reserved together and released right before `ray start` (tests/ports.py).
-    ``args``: more `ray start` flags (``--num-cpus=2``, ``--resources=...``). Stopped by PID on exit.
+    ``args``: more `ray start` flags (``--num-cpus=2``, ``--resources=...``). Stopped by PID on exit: SIGTERM,
+    then SIGKILL after ``stop_timeout_s``. Also yields its ``temp_dir`` (whose name every process of it carries).
     """
     temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")     # short: Ray's unix sockets live under it
     auto = [f"--{flag}=0" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
@@ -88,7 +91,7 @@ def ray_head(prefix: str, *args: str, dashboard: bool = False, env: Optional[dic
     try:                                # inside: a `ray start` that times out still gets its processes stopped
         out = subprocess.run(cmd, env=env or ray_env(), capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stdout + out.stderr
-        yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}" if dashboard else ""}
+        yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}" if dashboard else "", "temp_dir": temp_dir}
     finally:
-        stop_naming(temp_dir)
+        stop_naming(temp_dir, stop_timeout_s)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -33,6 +33,7 @@ import pytest
 import yaml
 
 from fake_cluster import FakeCluster, NodeWatcher, raylet_of, ray_env, workers_titled  # tests/fake_cluster.py
+from tiny import tiny_study  # tests/tiny.py
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,20 +41,12 @@ REPO = Path(__file__).resolve().parents[2]
 SLOT = "accelerator_slot"
 EPOCHS, STEPS = 3, 3
 IDLE_S = 10.0
-STUDY = {
-    "name": "fake-cluster",
-    "model": {"kind": "unet", "base_channels": 8, "channel_mults": [1, 2], "groups": 4, "attention_levels": []},
-    "method": {"name": "bidpm", "paired_distance": "l2"},
-    "data": {"layout": "phantom", "image_size": [16, 16], "num_slices": 6,
-             "phantom": {"num_subjects": 6, "shape": [24, 24, 8]}, "split": {"val_fraction": 0.2, "test_fraction": 0.2},
-             "num_workers": 1, "subjects_per_task": 6},   # one ingest task: it fits the head, no node is added for it
-    "train": {"num_workers": 1, "cpus_per_worker": 0.5, "resources_per_worker": {SLOT: 1}, "epochs": EPOCHS,
-              "batch_size": 4, "max_steps_per_epoch": STEPS, "val_batches": 1, "sample_grid_rows": 2, "lr": 1.0e-3},
+STUDY = tiny_study("fake-cluster", epochs=EPOCHS, sections={
+    "data": {"num_slices": 6, "num_workers": 1, "subjects_per_task": 6},   # one ingest task: it fits the head, no node is added for it
+    "train": {"resources_per_worker": {SLOT: 1}, "max_steps_per_epoch": STEPS, "sample_grid_rows": 2, "lr": 1.0e-3},
     "tune": {"experiment_name": "fake-cluster-tune", "num_samples": 2, "max_concurrent_trials": 2, "scheduler": "fifo",
-             "space": {"n_steps": [1]}},
-    "tracking": {"experiment_name": "fake-cluster", "register_best": False},
-    "evaluation": {"max_batches": 1},
-}
+             "autoscaling": None},                         # detected: the cluster it joins autoscales
+    "evaluation": {"max_batches": 1}}, log_checkpoints=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Faults of issue 13 that end in a one-line message or a resumed run, injected for real.
+"""Faults that end in a one-line message or a resumed run, injected for real.
 
 - Fault 8 / 5: the jobs, run as a user runs them, with configs that cannot work (a location under a regular
   file - what a read-only folder is for root, who ignores permission bits -, an unsupported tracking URI,
@@ -6,9 +6,9 @@
   line on stderr, no traceback, before Ray starts (seconds), no MLflow run left RUNNING.
 - Fault 8: every exit of a study after its MLflow runs are open ends them (FAILED / KILLED), but not
   while the tracking server is down (the rerun takes them over); a driver's leftovers are swept.
-- Fault 6 (slow): a second Ray instance (``ray start``) where another job holds the resource a trial's
-  worker group asks for: the study stops after tune.stall_timeout_s with what it waited for (exit 75),
-  its runs KILLED; once the holder is gone the same command resumes it to FINISHED.
+- Fault 6 (slow): another job on the session's Ray head holds the resource a trial's worker group asks
+  for: the search stops after tune.stall_timeout_s with what it waited for (exit 75), its runs KILLED;
+  once the holder is gone the same job resumes it to FINISHED.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from procs import ray_env, ray_head
+from procs import ray_env
 from tiny import tiny_study
 
 pytestmark = pytest.mark.integration
@@ -199,15 +199,7 @@ def test_the_journal_of_an_outage_is_written_once_by_the_next_driver(tmp_path, m
     assert [m.step for m in client.get_metric_history(run, "val/ssim_mean")] == [1]
 
 
-# --- fault 6: a worker group that cannot start, on a second Ray instance -----------------------------
-@pytest.fixture
-def second_ray():
-    """`ray start --head`: 2 CPUs and one 'slot' (a resource a trial's worker asks for); yields its address."""
-    with ray_head("rstall", "--num-cpus=2", "--num-gpus=0", '--resources={"slot": 1}',
-                  "--object-store-memory=200000000", env=_env()) as head:
-        yield head["gcs"]
-
-
+# --- fault 6: a worker group that cannot start: another job holds the resource ---------------------------
 HOLDER = """
 import sys, ray
 ray.init(address=sys.argv[1], log_to_driver=False)
@@ -219,28 +211,32 @@ sys.stdin.read()
 
 
 @pytest.mark.slow
-def test_a_worker_group_that_cannot_start_stops_the_study_then_the_rerun_resumes(tmp_path, second_ray):
+def test_a_worker_group_that_cannot_start_stops_the_study_then_the_rerun_resumes(tmp_path, ray_head, session_env,
+                                                                                 ray_session, capsys):
+    """The session's head has one 'slot' (conftest ``ray_head``); another job holds it, and the search's trial
+    asks for it per Train worker: the driver (a subprocess: its exit code is the point) stops after
+    tune.stall_timeout_s, then, once the holder is gone, the same job (in this process) resumes."""
+    from bidpm.commands.tune_steps import main
+
     out = tmp_path / "out"
     cfg = tmp_path / "stall.yaml"
-    raw = {**TINY, "output_dir": str(out),
-           "train": {**TINY["train"], "resources_per_worker": {"slot": 1}},
-           "tune": {**TINY["tune"], "autoscaling": False, "stall_timeout_s": 20}}
-    cfg.write_text(yaml.safe_dump(raw))
-    env = _env(RAY_ADDRESS=second_ray)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, second_ray], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+    raw = tiny_study("faults", sections={"train": {"resources_per_worker": {"slot": 1}},
+                                         "tune": {"autoscaling": False, "stall_timeout_s": 10}})
+    cfg.write_text(yaml.safe_dump({**raw, "output_dir": str(out)}))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, ray_head["gcs"]], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=session_env, start_new_session=True)
     cmd = [sys.executable, str(REPO / "jobs" / "tune_steps.py"), "--config", str(cfg)]
     try:
         assert holder.stdout.readline().strip() == "held"          # another job holds the only slot
         t0 = time.monotonic()
-        first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=400)
+        first = subprocess.run(cmd, capture_output=True, text=True, env=session_env, cwd=str(tmp_path), timeout=400)
         took = time.monotonic() - t0
     finally:
         os.killpg(holder.pid, signal.SIGKILL)                      # the holder goes: its reservation with it
         holder.wait(30)
     assert first.returncode == 75, first.stdout[-3000:] + first.stderr[-3000:]
     last = first.stderr.strip().splitlines()[-1]
-    for words in ("stopped: for", "tune.stall_timeout_s=20", "waited for resources", "slot: 1",
+    for words in ("stopped: for", "tune.stall_timeout_s=10", "waited for resources", "slot: 1",
                   "held by placement groups", "rerun the same command: python"):
         assert words in last, (words, last)
     assert "waiting for 1 'slot'" in first.stderr                   # said while it waited, not only at the end
@@ -249,9 +245,9 @@ def test_a_worker_group_that_cannot_start_stops_the_study_then_the_rerun_resumes
     assert set(_statuses(out / "mlflow.db")) == {"KILLED"}        # parent and trial run ended, none RUNNING
 
     t1 = time.monotonic()
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "restoring study" in second.stdout
+    capsys.readouterr()
+    assert main(["--config", str(cfg)]) == 0                     # the same job, resumed
+    assert "restoring study" in capsys.readouterr().out
     assert sorted(_statuses(out / "mlflow.db")) == ["FINISHED", "FINISHED"]   # the same parent and trial run
     print(f"stalled study stopped after {took:.0f} s; the rerun finished in {time.monotonic() - t1:.0f} s")
 

@@ -1,8 +1,11 @@
-"""`ray job submit` for real: a head on loopback (own port + temp dir), the tiny study submitted from
-another working directory, status SUCCEEDED, and the MLflow store then holds everything.
+"""The tiny search end to end, as a user runs it on a cluster: ``ray job submit`` of jobs/tune_steps.py to
+the session's head (from another working directory), status SUCCEEDED; then what it left - Tune + Optuna
++ ASHA trials, the MLflow store (parent run, a run per trial, the registered version and its aliases),
+the best config as a valid train config, the printed table - and a rerun in this process, which reports
+the finished search without running anything or adding to MLflow.
 
-The head (``procs.ray_head``) has its own temp dir and ports and is stopped by PID, never by `ray stop`,
-which would take down other Ray sessions such as the suite's ``ray_session`` (see tests/procs.py).
+The head is the suite's own (conftest ``ray_head``: its own temp dir and ports, stopped by PID, never by
+`ray stop`, which would take down other Ray sessions).
 """
 
 from __future__ import annotations
@@ -14,32 +17,28 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bidpm.config import load_config
 
-import procs  # tests/procs.py
-from procs import BIN, ray_env
-from test_tune import check_store, write_tiny  # noqa: E402 - sibling module (rootdir-inserted path)
+from procs import BIN, ray_env  # tests/procs.py
+from tiny import check_store, tiny_search  # tests/tiny.py
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def head():
-    """`ray start --head` on 127.0.0.1 with its own ports and temp dir (tests/procs.py); yields the job address."""
-    with procs.ray_head("rjob", "--num-cpus=2", dashboard=True) as h:
-        yield h["dashboard"]
+def test_ray_job_submit_runs_the_search_and_a_rerun_reports_it(tmp_path, ray_head, ray_session, capsys):
+    from bidpm.search.run import load_finished, run_search
 
-
-def test_ray_job_submit_runs_the_study(tmp_path, head):
-    cfg_path = write_tiny(tmp_path, tmp_path / "out")
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_search(tmp_path / "out")))
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     sub_id = f"bidpm-test-{int(time.time())}"
     runtime_env = '{"excludes": [".git", ".venv", "outputs", "**/__pycache__", "*.egg-info"]}'
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", head, "--submission-id", sub_id,
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"], "--submission-id", sub_id,
            "--working-dir", str(REPO), "--runtime-env-json", runtime_env, "--",
            "python", "jobs/tune_steps.py", "--config", str(cfg_path)]
     t0 = time.monotonic()
@@ -49,12 +48,31 @@ def test_ray_job_submit_runs_the_study(tmp_path, head):
             break
         time.sleep(5)
     log = out.stdout[-4000:] + out.stderr[-2000:]
-    status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", head, sub_id], cwd=cwd, env=ray_env(),
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", ray_head["dashboard"], sub_id], cwd=cwd,
+                            env=ray_env(), capture_output=True, text=True, timeout=60)
     text = re.sub(r"\x1b\[[0-9;]*m", "", status.stdout + status.stderr)     # the CLI colours its output
     assert re.search(rf"Job .{sub_id}. succeeded|Status for job .{sub_id}.: SUCCEEDED", text), text + log
     print(f"job finished in {time.monotonic() - t0:.0f} s")
     assert "mlflow ui --backend-store-uri" in out.stdout
     cfg = load_config(cfg_path)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    check_store(cfg, 2)
+
+    # what the search found: both trials ran (finished, or stopped by ASHA), the best is marked in the printed
+    # table, and the best config is a valid train config with the best trial's grid and weights
+    res = load_finished(cfg)
+    assert res is not None and len(res.rows) == 2
+    assert all(r["status"] in ("finished", "stopped") for r in res.rows) and any(r["status"] == "finished" for r in res.rows)
+    assert "fwd SSIM" in out.stdout and res.best_trial + "*" in out.stdout
+    best = next(r for r in res.rows if r["trial"] == res.best_trial)
+    best_cfg = load_config(res.best_config_path)
+    assert best_cfg.method.time_grid == best["time_grid"] and best_cfg.method.step_weights == best["step_weights"]
+
+    # rerun (in this process, on the same head): the finished search is reported, nothing runs, nothing new in MLflow
+    trial_dirs = sorted(p.name for p in Path(res.experiment_dir).glob("trial_*"))
+    capsys.readouterr()
+    again = run_search(cfg)
+    assert again.reused and again.rows == res.rows and again.model_version == res.model_version
+    assert sorted(p.name for p in Path(res.experiment_dir).glob("trial_*")) == trial_dirs
+    assert "already finished" in capsys.readouterr().out
     check_store(cfg, 2)

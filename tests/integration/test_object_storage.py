@@ -39,6 +39,7 @@ import pytest
 import yaml
 
 from ports import reserved_ports  # tests/ports.py
+from tiny import tiny_study  # tests/tiny.py
 
 pytestmark = pytest.mark.integration
 
@@ -49,21 +50,13 @@ REPO = Path(__file__).resolve().parents[2]
 BUCKET = "bidpm-test"
 EPOCHS, STEPS = 4, 3
 EXP = "s3-tune"
-STUDY = {
-    "name": "s3",
-    "model": {"kind": "unet", "base_channels": 8, "channel_mults": [1, 2], "groups": 4, "attention_levels": []},
-    "method": {"name": "bidpm", "paired_distance": "l2"},
-    "data": {"layout": "phantom", "image_size": [16, 16], "num_slices": 6, "shards_dir": f"s3://{BUCKET}/shards",
-             "phantom": {"num_subjects": 6, "shape": [24, 24, 8]}, "split": {"val_fraction": 0.2, "test_fraction": 0.2},
-             "num_workers": 1, "subjects_per_task": 6},
-    "train": {"num_workers": 1, "cpus_per_worker": 0.5, "epochs": EPOCHS, "batch_size": 4, "max_steps_per_epoch": STEPS,
-              "val_batches": 1, "sample_grid_rows": 2, "lr": 1.0e-3, "checkpoint_keep": EPOCHS,
+STUDY = tiny_study("s3", epochs=EPOCHS, sections={
+    "data": {"num_slices": 6, "shards_dir": f"s3://{BUCKET}/shards", "num_workers": 1, "subjects_per_task": 6},
+    "train": {"max_steps_per_epoch": STEPS, "sample_grid_rows": 2, "lr": 1.0e-3, "checkpoint_keep": EPOCHS,
               "storage_path": f"s3://{BUCKET}/ray"},
-    "tune": {"experiment_name": EXP, "num_samples": 1, "scheduler": "fifo", "space": {"n_steps": [1]}},
-    # registering (pyfunc packaging + test-split scoring) adds half a minute and no storage path of its own
-    "tracking": {"experiment_name": "s3", "register_best": False},
-    "evaluation": {"max_batches": 1},
-}
+    "tune": {"experiment_name": EXP, "scheduler": "fifo"},
+    "evaluation": {"max_batches": 1}}, log_checkpoints=True)
+# registering (pyfunc packaging + test-split scoring) adds half a minute and no storage path of its own: off
 
 
 def _wait_http(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 90) -> None:

@@ -138,10 +138,10 @@ def test_bad_input_stops_without_manifest_then_skip_bad(ray_session, tmp_path):
 def test_killed_before_manifest_leaves_none(ray_session, tmp_path, monkeypatch):
     cfg = tiny_cfg(tmp_path)
 
-    def killed(files):
+    def killed(*args):
         raise KeyboardInterrupt("simulated kill after the shards, before the manifest")
 
-    monkeypatch.setattr(shards_mod, "content_digest", killed)
+    monkeypatch.setattr(shards_mod, "build_manifest", killed)
     with pytest.raises(KeyboardInterrupt):
         prepare_shards(cfg)
     assert list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob("manifest.json"))

@@ -22,14 +22,15 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+from tiny import TINY_MODEL_OVERRIDES  # tests/tiny.py
+
 REPO = Path(__file__).resolve().parents[2]
 
 BASE = [
     "data.layout=phantom", "data.phantom.layout=brats", "data.image_size=[16,16]", "data.num_slices=4",
     "data.phantom.num_subjects=4", "data.phantom.shape=[24,24,10]",
     "data.split.val_fraction=0.25", "data.split.test_fraction=0.25",
-    "model.base_channels=8", "model.channel_mults=[1,2]", "model.groups=4",
-    "method.paired_distance=l2", "method.time_grid=[0,0.5,1]",
+    *TINY_MODEL_OVERRIDES, "method.paired_distance=l2", "method.time_grid=[0,0.5,1]",
     "train.num_workers=1", "train.cpus_per_worker=1", "train.torch_threads=1", "train.epochs=1",
     "train.batch_size=4", "train.max_steps_per_epoch=2", "train.lr=1e-2", "train.ema_warmup=true", "train.val_batches=1", "train.sample_grid_rows=2",
     "train.run_name=synth-test", "tracking.registered_model_name=synth-tiny", "tracking.experiment_name=synth",

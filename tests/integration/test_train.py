@@ -103,7 +103,7 @@ def test_bidpm_ddp_mixed_batches_recovers_a_killed_worker_and_converges(make_cfg
         build_scaling_config(cfg), build_run_config(cfg)
         datasets = build_datasets(cfg)
         assert set(datasets) == {"train_unpaired", "train_paired", "train_unpaired_targets", "val"}
-        data_config = build_data_config(datasets)
+        data_config = build_data_config(datasets, cfg.train.num_workers)
         for name in datasets:  # what Ray Train's DatasetManager does with each dataset (there, off the driver)
             data_config._resolve_execution_options(name)
         result = run_training(cfg, resume=False, datasets=datasets)

@@ -133,3 +133,14 @@ def test_as_images_layouts_agree():
     a = B.as_images(x.reshape(2, H * W), (H, W))
     assert torch.equal(a, B.as_images(x, (H, W))) and torch.equal(a, B.as_images(x[:, None], (H, W)))
     assert a.shape == (2, 1, H, W)
+
+
+def test_only_several_workers_split_the_epoch_stream():
+    """Several workers share the epoch-defining stream (equal shards, equal step counts for DDP); one worker
+    reads it whole, with no split coordinator actor; the cycled streams and val are never split."""
+    from bidpm.train.launch import build_data_config
+
+    mixed = dict.fromkeys([B.UNPAIRED, B.PAIRED, B.UNPAIRED_TARGETS, B.VAL])
+    assert build_data_config(mixed, 2)._datasets_to_split == [B.UNPAIRED]
+    assert build_data_config(dict.fromkeys([B.ALL_PAIRED, B.VAL]), 4)._datasets_to_split == [B.ALL_PAIRED]
+    assert build_data_config(mixed, 1)._datasets_to_split == []

@@ -143,17 +143,6 @@ def _fresh(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_the_core_loads_no_ray_or_mlflow():
-    core = [m for m in MODULES if m.split(".")[1:2] and m.split(".")[1] in CORE]
-    got = _fresh(f"""
-        import importlib, json, sys
-        for m in {core!r}:
-            importlib.import_module(m)
-        print(json.dumps(sorted({{k.split(".")[0] for k in sys.modules}} & {{"ray", "mlflow", "optuna"}})))
-    """)
-    assert got == []
-
-
 def test_the_cli_and_loading_any_config_load_no_torch():
     configs = sorted(str(p) for p in (REPO / "configs").glob("*.yaml"))
     got = _fresh(f"""
@@ -169,43 +158,73 @@ def test_the_cli_and_loading_any_config_load_no_torch():
 
 FORK_EACH = """
 import importlib, json, os, sys
-for heavy in ("numpy", "scipy", "torch", "pyarrow", "ray", "ray.tune", "ray.train", "mlflow", "optuna", "nibabel", "pydantic"):
-    importlib.import_module(heavy)          # third-party only: no bidpm module is loaded before a child's import
-assert not [k for k in sys.modules if k == "bidpm" or k.startswith("bidpm.")]
-failed, running, todo = {}, {}, list(sys.argv[1:])
-while todo or running:
-    while todo and len(running) < (os.cpu_count() or 1):
-        name = todo.pop(0)
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            try:
-                importlib.import_module(name)
-                msg = ""
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                msg = f"{type(exc).__name__}: {exc}"
-            os.write(w, msg.encode()[:4000])
-            os._exit(0)
-        os.close(w)
-        running[pid] = (name, r)
-    pid, _ = os.wait()
-    name, r = running.pop(pid)
-    msg = b""
-    while chunk := os.read(r, 4096):
-        msg += chunk
-    os.close(r)
-    if msg:
-        failed[name] = msg.decode()
+
+
+def each_alone(names, forbidden, failed):
+    running, todo = {}, list(names)
+    while todo or running:
+        while todo and len(running) < (os.cpu_count() or 1):
+            name = todo.pop(0)
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:                            # the child: a fresh interpreter as far as bidpm is concerned
+                os.close(r)
+                try:
+                    importlib.import_module(name)
+                    loaded = sorted({k.split(".")[0] for k in sys.modules} & set(forbidden))
+                    msg = f"loads {loaded}" if loaded else ""
+                except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                    msg = f"{type(exc).__name__}: {exc}"
+                os.write(w, msg.encode()[:4000])
+                os._exit(0)
+            os.close(w)
+            running[pid] = (name, r)
+        pid, _ = os.wait()
+        name, r = running.pop(pid)
+        msg = b""
+        while chunk := os.read(r, 4096):
+            msg += chunk
+        os.close(r)
+        if msg:
+            failed[name] = msg.decode()
+
+
+failed = {}
+for preload, names, forbidden in json.loads(sys.argv[1]):
+    for heavy in preload:
+        importlib.import_module(heavy)      # third-party only: no bidpm module is loaded before a child's import
+    assert not [k for k in sys.modules if k == "bidpm" or k.startswith("bidpm.")]
+    each_alone(names, forbidden, failed)
 print(json.dumps(failed))
 """
+THIRD_PARTY = ["numpy", "scipy", "scipy.ndimage", "scipy.optimize", "scipy.stats", "torch", "torchvision", "lpips", "nibabel",
+               "pyarrow", "pyarrow.parquet", "pydantic", "yaml", "PIL", "matplotlib", "matplotlib.pyplot"]
+ORCHESTRATION = ["ray", "ray.data", "ray.tune", "ray.train", "ray.train.torch", "mlflow", "mlflow.pyfunc", "optuna"]
+
+
+def _each_alone(*phases: tuple[list[str], list[str], list[str]]) -> dict[str, str]:
+    """Per phase (preload, names, forbidden): import each of ``names`` in a fresh interpreter of its own,
+    forked from one that holds only third-party libraries (``preload``, added up phase by phase), so 150
+    imports take seconds, not minutes; a child that loads a ``forbidden`` package fails. Returns module ->
+    what went wrong."""
+    arg = json.dumps(phases)
+    out = subprocess.run([sys.executable, "-c", FORK_EACH, arg], capture_output=True, text=True, timeout=600,
+                         cwd=str(REPO), env={"PYTHONPATH": str(PACKAGE.parent), "PATH": "/usr/bin:/bin",
+                                             "MPLBACKEND": "Agg"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
-def test_every_module_imports_alone():
-    """Each module in a fresh interpreter of its own (forked from one that holds only third-party
-    libraries, so 150 imports take seconds, not minutes): a cycle that breaks at import shows here."""
-    out = subprocess.run([sys.executable, "-c", FORK_EACH, *MODULES], capture_output=True, text=True, timeout=600,
-                         cwd=str(REPO), env={"PYTHONPATH": str(PACKAGE.parent), "PATH": "/usr/bin:/bin"})
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {}
+def test_every_module_imports_alone_and_the_core_loads_no_ray_or_mlflow():
+    """Each module alone: a cycle that breaks at import shows here. The core modules are imported without
+    Ray, MLflow or Optuna loaded first, and must not load them."""
+    core = [m for m in MODULES if m.split(".")[1:2] and m.split(".")[1] in CORE]
+    rest = [m for m in MODULES if m not in core]
+    assert _each_alone((THIRD_PARTY, core, ["ray", "mlflow", "optuna"]), (ORCHESTRATION, rest, [])) == {}
+
+
+def test_the_lone_import_check_is_not_blind():
+    """Control: a child that loads a forbidden package, and one that cannot be imported, are reported."""
+    got = _each_alone(([], ["json", "bidpm.no_such_module"], ["json"]))
+    assert got["json"] == "loads ['json']" and got["bidpm.no_such_module"].startswith("ModuleNotFoundError")

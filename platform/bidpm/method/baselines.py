@@ -29,7 +29,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from .base import Batch, LossOutput, Method
@@ -101,6 +100,8 @@ def ot_permutation(x_0: Tensor, x_1: Tensor) -> Tensor:
     a = x_0.detach().reshape(x_0.shape[0], -1).double()
     b = x_1.detach().reshape(x_1.shape[0], -1).double()
     cost = torch.cdist(a, b).pow(2).cpu().numpy()
+    from scipy.optimize import linear_sum_assignment  # here: importing SciPy costs every Train worker ~1 s
+
     rows, cols = linear_sum_assignment(cost)
     perm = np.empty(len(rows), dtype=np.int64)
     perm[rows] = cols

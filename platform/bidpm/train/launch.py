@@ -143,18 +143,21 @@ def run_training(
         scaling_config=build_scaling_config(cfg),
         run_config=build_run_config(cfg, callbacks=callbacks),
         datasets=datasets,
-        dataset_config=build_data_config(datasets),
+        dataset_config=build_data_config(datasets, cfg.train.num_workers),
     )
     return trainer.fit()
 
 
-def build_data_config(datasets: Mapping[str, ray.data.Dataset]) -> DataConfig:
-    """Split only the epoch-defining train stream; explicit ``ExecutionOptions`` for every stream.
+def build_data_config(datasets: Mapping[str, ray.data.Dataset], num_workers: int) -> DataConfig:
+    """Split only the epoch-defining train stream, and only across several workers; explicit
+    ``ExecutionOptions`` for every stream.
 
-    Explicit options because ``DataConfig.default_ingest_options()`` copies the deprecated
-    ``exclude_resources`` field (a RayDeprecationWarning in Ray 2.60); Ray Data's defaults otherwise.
+    One worker reads the whole stream as it is: a split would start a ``SplitCoordinator`` actor (a process
+    of its own, seconds on every run's critical path) to hand out the same rows. Explicit options because
+    ``DataConfig.default_ingest_options()`` copies the deprecated ``exclude_resources`` field (a
+    RayDeprecationWarning in Ray 2.60); Ray Data's defaults otherwise.
     """
-    split = [n for n in (ALL_PAIRED, UNPAIRED) if n in datasets]
+    split = [n for n in (ALL_PAIRED, UNPAIRED) if n in datasets] if num_workers > 1 else []
     return DataConfig(datasets_to_split=split, execution_options=ExecutionOptions())
 
 
