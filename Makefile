@@ -5,9 +5,8 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist), e.g. `make test TEST_WORKERS=4` on a larger machine. One test file
 # stays in one process (--dist loadfile), so its module fixtures (a trained model, a server) are built
-# once; each process has its own local Ray. Default 1 (serial): on 2 cores, 2 processes saved only 11%
-# (26.7 vs 30.0 min; the end-to-end tests are CPU-bound) and doubled the load the timing-bounded
-# fault tests run under.
+# once; each process starts its own Ray head (tests/conftest.py). Default 1 (serial): on 2 cores the
+# end-to-end tests are CPU-bound, and 2 processes double the load the timing-bounded fault tests run under.
 TEST_WORKERS ?= 1
 XDIST := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
 

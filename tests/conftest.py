@@ -51,21 +51,35 @@ SESSION_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE
 
 
 @pytest.fixture(scope="session")
-def ray_head():
+def s3_env(tmp_path_factory):
+    """An S3-compatible server (moto) on loopback for the session, and the environment that reaches it
+    (credentials and endpoint); None without moto (the ``test`` extra). The session's Ray head carries
+    it, as a cluster's nodes carry their object store's credentials: only in the environment."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    import procs
+
+    with procs.s3_server(tmp_path_factory.mktemp("moto") / "moto.log") as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def ray_head(s3_env):
     """ONE Ray head for the whole test session (one per xdist worker), as Ray's own suite shares a cluster
     (``ray_start_regular_shared``): 2 CPUs, one custom ``slot`` (what the stall test's trial asks for and
-    another job holds) and the dashboard (``ray job submit``). Started and stopped by PID (tests/procs.py),
-    never by name. Yields {"gcs": host:port, "dashboard": url}; in-process tests join it through
-    ``ray_session``, subprocess jobs through ``RAY_ADDRESS`` (``session_env``).
-
-    Tests with a cluster of their own, and why: test_autoscaling (an autoscaler and fake nodes),
-    test_object_storage's S3 study (the object store's credentials reach Ray's processes only through
-    their environment, as on a cluster's nodes, and this head was started before that server existed)."""
+    another job holds), the dashboard (``ray job submit``) and the session's S3 endpoint in its
+    environment. Started and stopped by PID (tests/procs.py), never by name. Yields {"gcs": host:port,
+    "dashboard": url, "temp_dir"}; in-process tests join it through ``ray_session``, subprocess jobs
+    through ``RAY_ADDRESS`` (``session_env``). The one test with a cluster of its own: test_autoscaling
+    (an autoscaler adding and removing fake nodes)."""
     import procs
 
     with procs.ray_head("rsuite", "--num-cpus=2", "--num-gpus=0", '--resources={"slot": 1}',
-                        "--object-store-memory=400000000", dashboard=True, env=procs.ray_env(SESSION_RAY_ENV),
-                        stop_timeout_s=2) as head:
+                        "--object-store-memory=400000000", dashboard=True,
+                        env=procs.ray_env({**SESSION_RAY_ENV, **(s3_env or {})}), stop_timeout_s=2) as head:
         yield head
 
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,3 +96,44 @@ def ray_head(prefix: str, *args: str, dashboard: bool = False, env: Optional[dic
     finally:
         stop_naming(temp_dir, stop_timeout_s)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_placement_groups_removed(timeout_s: float = 120.0) -> None:
+    """Wait until every placement group of the connected cluster is removed: a failed or killed run's
+    workers are released asynchronously, and a person rerunning the command would wait for that too."""
+    from ray.util import placement_group_table
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(pg.get("state") == "REMOVED" for pg in placement_group_table().values()):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"placement groups of a finished run not removed within {timeout_s:.0f} s")
+
+
+@contextmanager
+def s3_server(log: Path) -> Iterator[dict[str, str]]:
+    """moto's S3 server on a free loopback port; yields the environment that reaches it - credentials and
+    endpoint only in the environment, as a cluster's nodes carry them. Stopped by PID."""
+    import secrets
+    import urllib.request
+
+    with reserved_ports(1, host="127.0.0.1") as (port,):
+        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"moto server did not start (see {log})") from None
+                time.sleep(0.3)
+        yield {"AWS_ACCESS_KEY_ID": "bidpm-test", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint,
+               "AWS_EC2_METADATA_DISABLED": "true"}
+    finally:
+        stop_processes([psutil.Process(proc.pid)], 5)

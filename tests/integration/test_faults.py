@@ -6,19 +6,18 @@
   line on stderr, no traceback, before Ray starts (seconds), no MLflow run left RUNNING.
 - Fault 8: every exit of a study after its MLflow runs are open ends them (FAILED / KILLED), but not
   while the tracking server is down (the rerun takes them over); a driver's leftovers are swept.
-- Fault 6 (slow): another job on the session's Ray head holds the resource a trial's worker group asks
-  for: the search stops after tune.stall_timeout_s with what it waited for (exit 75), its runs KILLED;
-  once the holder is gone the same job resumes it to FINISHED.
+- Fault 5 (slow): the checkpoint location stops taking writes mid-run: one line, and the rerun resumes.
+
+A worker group that cannot get its resources (the stall watchdog) is met, with a tracking outage, by
+the search of test_tracking_outage.py.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -197,59 +196,6 @@ def test_the_journal_of_an_outage_is_written_once_by_the_next_driver(tmp_path, m
     r = client.get_run(run)
     assert r.info.status == "FINISHED" and r.data.tags["bidpm.best_objective"] == "0.5"
     assert [m.step for m in client.get_metric_history(run, "val/ssim_mean")] == [1]
-
-
-# --- fault 6: a worker group that cannot start: another job holds the resource ---------------------------
-HOLDER = """
-import sys, ray
-ray.init(address=sys.argv[1], log_to_driver=False)
-pg = ray.util.placement_group([{"slot": 1}])
-ray.get(pg.ready(), timeout=120)
-print("held", flush=True)
-sys.stdin.read()
-"""
-
-
-@pytest.mark.slow
-def test_a_worker_group_that_cannot_start_stops_the_study_then_the_rerun_resumes(tmp_path, ray_head, session_env,
-                                                                                 ray_session, capsys):
-    """The session's head has one 'slot' (conftest ``ray_head``); another job holds it, and the search's trial
-    asks for it per Train worker: the driver (a subprocess: its exit code is the point) stops after
-    tune.stall_timeout_s, then, once the holder is gone, the same job (in this process) resumes."""
-    from bidpm.commands.tune_steps import main
-
-    out = tmp_path / "out"
-    cfg = tmp_path / "stall.yaml"
-    raw = tiny_study("faults", sections={"train": {"resources_per_worker": {"slot": 1}},
-                                         "tune": {"autoscaling": False, "stall_timeout_s": 10}})
-    cfg.write_text(yaml.safe_dump({**raw, "output_dir": str(out)}))
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, ray_head["gcs"]], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, env=session_env, start_new_session=True)
-    cmd = [sys.executable, str(REPO / "jobs" / "tune_steps.py"), "--config", str(cfg)]
-    try:
-        assert holder.stdout.readline().strip() == "held"          # another job holds the only slot
-        t0 = time.monotonic()
-        first = subprocess.run(cmd, capture_output=True, text=True, env=session_env, cwd=str(tmp_path), timeout=400)
-        took = time.monotonic() - t0
-    finally:
-        os.killpg(holder.pid, signal.SIGKILL)                      # the holder goes: its reservation with it
-        holder.wait(30)
-    assert first.returncode == 75, first.stdout[-3000:] + first.stderr[-3000:]
-    last = first.stderr.strip().splitlines()[-1]
-    for words in ("stopped: for", "tune.stall_timeout_s=10", "waited for resources", "slot: 1",
-                  "held by placement groups", "rerun the same command: python"):
-        assert words in last, (words, last)
-    assert "waiting for 1 'slot'" in first.stderr                   # said while it waited, not only at the end
-    print(f"stalled study: {last}")
-    assert took < 300, f"stopped after {took:.0f} s"
-    assert set(_statuses(out / "mlflow.db")) == {"KILLED"}        # parent and trial run ended, none RUNNING
-
-    t1 = time.monotonic()
-    capsys.readouterr()
-    assert main(["--config", str(cfg)]) == 0                     # the same job, resumed
-    assert "restoring study" in capsys.readouterr().out
-    assert sorted(_statuses(out / "mlflow.db")) == ["FINISHED", "FINISHED"]   # the same parent and trial run
-    print(f"stalled study stopped after {took:.0f} s; the rerun finished in {time.monotonic() - t1:.0f} s")
 
 
 # --- fault 5: the checkpoint location stops taking writes mid-run ------------------------------------

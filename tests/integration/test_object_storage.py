@@ -1,20 +1,19 @@
-"""Object storage for real: a study whose shards, Ray results, checkpoints and MLflow artifacts all live
-on an S3-compatible server on loopback (``moto`` in server mode, started and stopped here).
+"""Object storage for real: a search whose shards, Ray results, checkpoints and MLflow artifacts all live
+on an S3-compatible server on loopback (``moto`` in server mode: the session's, conftest ``s3_env``).
 
 As a user runs it: ``jobs/tune_steps.py`` with ``data.shards_dir=s3://...`` and ``train.storage_path=
-s3://...`` against an ``mlflow server --artifacts-destination s3://...``, in a subprocess with its own
-local Ray. Credentials and the endpoint reach every process through the environment only
-(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_ENDPOINT_URL``; ``MLFLOW_S3_ENDPOINT_URL`` for
-the MLflow server), never a config file. Two faults, each frozen first (SIGSTOP) so the kill lands
-mid-trial, then SIGKILL by PID:
+s3://...`` against an ``mlflow server --artifacts-destination s3://...``, a driver in a subprocess on
+the session's Ray head. Credentials and the endpoint reach every process through the environment only
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_ENDPOINT_URL``, in the head's environment as on a
+cluster's nodes; ``MLFLOW_S3_ENDPOINT_URL`` for the MLflow server), never a config file. Two faults,
+each frozen first (SIGSTOP) so the kill lands mid-trial, then SIGKILL by PID:
 
 1. once the trial's Train run has registered its epoch-1 checkpoint in the bucket, its Ray Train worker
-   (issue 13, fault 1: with the shipped ``train.max_failures`` Ray Train restarts it from that
-   checkpoint, in the same run);
+   (with the shipped ``train.max_failures`` Ray Train restarts it from that checkpoint, in the same run);
 2. once the restarted worker has registered a further checkpoint and Tune has saved its experiment
-   state in the bucket, the driver and everything it started; the same command then resumes the study
-   from the bucket - the Train run continuing from the last checkpoint - and finishes it: best
-   checkpoint and sample grid uploaded through the MLflow server into the bucket.
+   state in the bucket, the driver (Ray then ends its job); the same job (in this process) then resumes
+   the search from the bucket - the Train run continuing from the last checkpoint - and finishes it:
+   best checkpoint and sample grid uploaded through the MLflow server into the bucket.
 
 Each attempt starts at the step of the last registered checkpoint and each epoch is reported once (work
 lost < one epoch per fault). Nothing but the phantom inputs is written locally, and the secret key
@@ -26,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -39,6 +37,7 @@ import pytest
 import yaml
 
 from ports import reserved_ports  # tests/ports.py
+from procs import processes_naming, wait_placement_groups_removed  # tests/procs.py
 from tiny import tiny_study  # tests/tiny.py
 
 pytestmark = pytest.mark.integration
@@ -82,24 +81,14 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """moto's S3 server on a free loopback port, a bucket, and the environment that reaches it."""
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with reserved_ports(1, host="127.0.0.1") as (port,):
-        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{endpoint}/moto-api/", proc, "moto server")
-        env = {"AWS_ACCESS_KEY_ID": "bidpm-test", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint,
-               "AWS_EC2_METADATA_DISABLED": "true"}
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-        client.create_bucket(Bucket=BUCKET)
-        yield env, client
-    finally:
-        _stop(proc)
+def s3(s3_env):
+    """The session's S3 server (conftest ``s3_env``, also in the Ray head's environment), a bucket, a client."""
+    if s3_env is None:
+        pytest.skip("moto[server] (the test extra) is not installed")
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"])
+    client.create_bucket(Bucket=BUCKET)
+    yield s3_env, client
 
 
 @pytest.fixture(scope="module")
@@ -164,12 +153,13 @@ def _wait(job: subprocess.Popen, log: Path, what: str, check, timeout_s: float =
     raise AssertionError(f"no {what} (job exit code {job.poll()}):\n{log.read_text()[-4000:]}")
 
 
-def _train_workers(job: subprocess.Popen) -> list[psutil.Process]:
-    """The job's Ray Train worker processes (the local Ray it started runs under it)."""
+def _train_workers(head: dict, run: str) -> list[psutil.Process]:
+    """The Ray Train worker processes of Train run ``run`` on the session's head (a worker's cwd is its run's
+    working directory, named after the run)."""
     out = []
-    for p in psutil.Process(job.pid).children(recursive=True):
+    for p in processes_naming(head["temp_dir"]):
         try:
-            if " ".join(p.cmdline()).startswith("ray::RayTrainWorker"):
+            if " ".join(p.cmdline()).startswith("ray::RayTrainWorker") and run in p.cwd():
                 out.append(p)
         except psutil.Error:
             continue
@@ -208,7 +198,10 @@ def test_storage_round_trip_and_checkpoint_download_on_s3(s3, tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_study_on_s3_ingests_trains_is_killed_resumes_and_logs_artifacts_there(s3, mlflow_s3, tmp_path):
+def test_study_on_s3_ingests_trains_is_killed_resumes_and_logs_artifacts_there(s3, mlflow_s3, tmp_path, ray_head, session_env,
+                                                                               ray_session, monkeypatch, capsys):
+    from bidpm.commands.tune_steps import main
+
     env_s3, client = s3
     out = tmp_path / "out"
     cfg_path = tmp_path / "study.yaml"
@@ -216,16 +209,15 @@ def test_study_on_s3_ingests_trains_is_killed_resumes_and_logs_artifacts_there(s
                                                                                     "tracking_uri": mlflow_s3}}))
     assert "AWS" not in cfg_path.read_text() and env_s3["AWS_SECRET_ACCESS_KEY"] not in cfg_path.read_text()
     cmd = [sys.executable, str(REPO / "jobs" / "tune_steps.py"), "--config", str(cfg_path)]
-    env = {**_clean_env(), **env_s3, "RAY_ADDRESS": "local", "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO / "platform"),
-           "TUNE_GLOBAL_CHECKPOINT_S": "1"}      # Tune saves its experiment state (to the bucket) every second
+    env = {**session_env, **env_s3, "TUNE_GLOBAL_CHECKPOINT_S": "1"}   # Tune saves its state (to the bucket) every second
 
     log1 = tmp_path / "first.log"
     with open(log1, "w") as f:
         job = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path), start_new_session=True)
     try:
         run_prefix = _wait(job, log1, "a registered checkpoint in the bucket", lambda: _first_run_with(client, 1))
-        # fault 1 (issue 13): kill -9 of the Train worker, default failure settings: Ray Train restarts it
-        (worker,) = _train_workers(job)
+        # fault 1: kill -9 of the Train worker, default failure settings: Ray Train restarts it
+        (worker,) = _train_workers(ray_head, run_prefix.rsplit("/", 1)[1])
         worker.send_signal(signal.SIGSTOP)         # frozen first, so the kill lands mid-trial
         worker_killed_after = max(m["epoch"] for m in _registered(client, run_prefix))
         assert worker_killed_after < EPOCHS - 1, "the trial got too far before the worker kill"
@@ -237,14 +229,13 @@ def test_study_on_s3_ingests_trains_is_killed_resumes_and_logs_artifacts_there(s
               lambda: max(m["epoch"] for m in _registered(client, run_prefix)) > worker_killed_after
               and any(trial in _get(client, k).decode() for k in _keys(client, f"ray/{EXP}/")
                       if k.count("/") == 2 and "experiment_state" in k))
-        tree = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
-        for p in tree:
-            p.send_signal(signal.SIGSTOP)          # the whole job stands still: the kill lands mid-trial
+        frozen = [psutil.Process(job.pid), *_train_workers(ray_head, run_prefix.rsplit("/", 1)[1])]
+        for p in frozen:
+            p.send_signal(signal.SIGSTOP)          # the driver and its Train worker stand still: the kill lands mid-trial
         killed_after = max(m["epoch"] for m in _registered(client, run_prefix))
         assert killed_after < EPOCHS, "the trial ended before the driver kill"
-        for p in tree:
-            p.send_signal(signal.SIGKILL)
-        psutil.wait_procs(tree, timeout=30)
+        os.killpg(job.pid, signal.SIGKILL)         # the driver: Ray then ends its job (the frozen worker too)
+        job.wait(30)
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
@@ -257,10 +248,12 @@ def test_study_on_s3_ingests_trains_is_killed_resumes_and_logs_artifacts_there(s
     assert listed and listed <= set(shards)                    # every shard the manifest lists is in the bucket
     assert not (out / "shards").exists() and not (out / "ray_results").exists()
 
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
-    (tmp_path / "second.log").write_text(second.stdout + second.stderr)
-    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-3000:]
-    assert "restoring study" in second.stdout
+    wait_placement_groups_removed()                          # the killed job is gone, as for a person rerunning
+    for k, v in env_s3.items():                              # the same job in this process, with the same environment
+        monkeypatch.setenv(k, v)
+    capsys.readouterr()
+    assert main(["--config", str(cfg_path)]) == 0
+    assert "restoring study" in capsys.readouterr().out
 
     # resumed from the bucket: the attempt after the kill started at the last registered step, ran to the end
     final = _registered(client, run_prefix)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from procs import wait_placement_groups_removed  # tests/procs.py
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 from tiny import TINY_MODEL_OVERRIDES  # tests/tiny.py
@@ -70,7 +72,7 @@ def test_study_is_killed_resumes_without_retraining_and_reports(tmp_path, sessio
     ckpts = {name[:-5]: _checkpoints(study, name[:-5]) for name in before}
     assert all(ckpts.values())
 
-    _wait_for_the_killed_job(ray_session)
+    wait_placement_groups_removed()  # Ray ends the killed job within seconds; a rerun waits for it
     capsys.readouterr()
     assert main(_args(out)) == 0                             # the same job, resumed
     second = capsys.readouterr().out
@@ -111,16 +113,3 @@ def test_study_is_killed_resumes_without_retraining_and_reports(tmp_path, sessio
     assert len(trials) == 4 and {r.info.status for r in trials} == {"FINISHED"}
     assert {r.data.params["data.pairing_ratio"] for r in trials} == {"1.0", "0.5"}
     assert "report" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-
-
-def _wait_for_the_killed_job(ray, timeout_s: float = 120.0) -> None:
-    """Ray ends a killed driver's job (its actors, its placement groups) within seconds; the rerun starts
-    after that, as a person rerunning the command would, so its cells do not queue behind dead ones."""
-    from ray.util import placement_group_table
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if all(pg.get("state") == "REMOVED" for pg in placement_group_table().values()):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"the killed job's placement groups were not removed within {timeout_s:.0f} s")

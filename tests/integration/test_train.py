@@ -15,11 +15,12 @@ several behaviours on them:
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
 import pytest
+
+from procs import wait_placement_groups_removed  # tests/procs.py
 import torch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -168,7 +169,7 @@ def test_baseline_resumes_a_stopped_run_without_redoing_epochs(make_cfg, val_ten
     # A user reruns after the failed run has released its workers; under load Ray removes the failed
     # run's placement group asynchronously, and a new worker group started meanwhile was seen to fail
     # its health check in CI. Wait for the release, as a person rerunning the command would.
-    _wait_placement_groups_removed()
+    wait_placement_groups_removed()
     result = run_training(make_cfg(*common), resume=True)  # the same command again, fault hook off
     m = result.metrics
     assert (m["epoch"], m["step"]) == (EPOCHS, EPOCHS * STEPS)  # = an uninterrupted run
@@ -178,32 +179,3 @@ def test_baseline_resumes_a_stopped_run_without_redoing_epochs(make_cfg, val_ten
     assert table["resumed_from_step"].tolist() == [0] + [STEPS] * (EPOCHS - 1)
     assert table["train/loss"].iloc[-1] < 0.7 * table["train/loss"].iloc[0]
     assert m["val/ssim_mean"] > identity_ssim(val_tensors) + 0.05
-
-
-def _wait_placement_groups_removed(timeout_s: float = 120.0) -> None:
-    from ray.util import placement_group_table
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if all(pg.get("state") == "REMOVED" for pg in placement_group_table().values()):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"placement groups of the failed run not removed within {timeout_s:.0f} s")
-
-
-def test_grad_accum_steps_on_an_epochs_leftover_micro_batches(make_cfg):
-    """train.grad_accum that does not divide an epoch's micro-batches: the leftover ones make one
-    last, smaller optimizer step (an earlier version silently dropped them)."""
-    import math
-
-    from bidpm.data.readers import read_split
-    from bidpm.train import run_training
-
-    accum, batch = 5, 8
-    cfg = make_cfg("method.name=rf", "data.pairing_ratio=1.0", "train.run_name=rf-accum", "train.epochs=1",
-                   "train.max_steps_per_epoch=null", f"train.grad_accum={accum}", f"train.batch_size={batch}")
-    per_worker = read_split(cfg, "train").count() // cfg.train.num_workers  # streaming_split(equal=True)
-    micro = per_worker // batch  # full batches only
-    assert micro % accum, f"fixture change: {micro} micro-batches divide by {accum}; pick another grad_accum"
-    m = run_training(cfg, resume=False).metrics
-    assert m["train/steps"] == m["step"] == math.ceil(micro / accum)
