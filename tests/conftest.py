@@ -44,10 +44,11 @@ def repo_root() -> Path:
 # Ray settings of the test session's head, inherited by every Ray process it starts: the Train controller
 # polls its workers every 0.5 s instead of 2 s (each run's start and end are noticed sooner; nothing a
 # test checks depends on the interval); no preemption watcher actor per run (it only observes cloud
-# preemptions, which no test has); and no idle worker processes started ahead for each new driver (a
-# suite of short jobs on 2 cores paid for workers it never used: test_study_job 104 -> 91 s, measured).
+# preemptions, which no test has); no Prometheus metrics of Ray Train runs (nobody scrapes them here); and
+# no idle worker processes started ahead for each new driver (a suite of short jobs on 2 cores paid for
+# workers it never used: test_study_job 104 -> 91 s, measured).
 SESSION_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-                   "RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0"}
+                   "RAY_TRAIN_METRICS_ENABLED": "0", "RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0"}
 
 
 @pytest.fixture(scope="session")
@@ -55,15 +56,33 @@ def s3_env(tmp_path_factory):
     """An S3-compatible server (moto) on loopback for the session, and the environment that reaches it
     (credentials and endpoint); None without moto (the ``test`` extra). The session's Ray head carries
     it, as a cluster's nodes carry their object store's credentials: only in the environment."""
-    try:
-        import moto.server  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("moto") is None:
         yield None
         return
     import procs
 
+    import boto3
+
     with procs.s3_server(tmp_path_factory.mktemp("moto") / "moto.log") as env:
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                     aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=procs.S3_BUCKET)
         yield env
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_s3(s3_env, tmp_path_factory):
+    """One `mlflow server` for the session whose artifacts go to s3://BUCKET/mlflow, proxied, as
+    cluster/kuberay deploys it (the HTTP registry round trip and the S3 search use it); its URI."""
+    if s3_env is None:
+        pytest.skip("moto[server] (the test extra) is not installed")
+    import procs
+
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}, **s3_env}
+    with procs.MlflowServer(tmp_path_factory.mktemp("mlflow"), "--artifacts-destination", f"s3://{procs.S3_BUCKET}/mlflow",
+                            env=env) as server:
+        yield server.uri
 
 
 @pytest.fixture(scope="session")

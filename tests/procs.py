@@ -24,6 +24,7 @@ import psutil
 from ports import reserved_ports
 
 BIN = Path(sys.executable).parent  # this venv's `ray`, `python`, `mlflow`
+S3_BUCKET = "bidpm-test"          # the session's S3 bucket (conftest ``s3_env``)
 
 
 def ray_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
@@ -137,3 +138,50 @@ def s3_server(log: Path) -> Iterator[dict[str, str]]:
                "AWS_EC2_METADATA_DISABLED": "true"}
     finally:
         stop_processes([psutil.Process(proc.pid)], 5)
+
+
+class MlflowServer:
+    """`mlflow server` on loopback with its own SQLite store under ``store``, started and stopped by PID (its
+    own process group: the server and its workers). ``args``: more server flags (``--artifacts-destination``
+    defaults to ``store/artifacts``; ``--app-name basic-auth`` ...); ``env``: its environment. The same port
+    across ``start`` / ``kill`` / ``start`` (an outage and the server coming back), chosen once."""
+
+    def __init__(self, store: Path, *args: str, env: Optional[dict[str, str]] = None, port: Optional[int] = None) -> None:
+        self.store, self.args, self.env = Path(store), list(args), env
+        if port is None:
+            with reserved_ports(1, host="127.0.0.1") as (port,):
+                pass
+        self.port, self.proc = port, None
+        self.uri = f"http://127.0.0.1:{port}"
+
+    def start(self, timeout_s: float = 120) -> "MlflowServer":
+        import urllib.request
+
+        self.store.mkdir(parents=True, exist_ok=True)
+        dest = [] if "--artifacts-destination" in self.args else ["--artifacts-destination", str(self.store / "artifacts")]
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}", *dest, *self.args]
+        log = open(self.store / "server.log", "a")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=self.env, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(self.uri + "/health", timeout=2).read()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    raise AssertionError(f"mlflow server did not start: {(self.store / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.3)
+
+    def kill(self) -> None:
+        """SIGKILL, the whole process group (what an outage is)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def __enter__(self) -> "MlflowServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 SLOT = "accelerator_slot"
-EPOCHS, STEPS = 3, 3
+EPOCHS, STEPS = 2, 3
 IDLE_S = 10.0
 STUDY = tiny_study("fake-cluster", epochs=EPOCHS, sections={
     "data": {"num_slices": 6, "num_workers": 1, "subjects_per_task": 6},   # one ingest task: it fits the head, no node is added for it

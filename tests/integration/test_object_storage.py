@@ -29,15 +29,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 
-from ports import reserved_ports  # tests/ports.py
-from procs import processes_naming, wait_placement_groups_removed  # tests/procs.py
+from procs import S3_BUCKET, processes_naming, wait_placement_groups_removed  # tests/procs.py
 from tiny import tiny_study  # tests/tiny.py
 
 pytestmark = pytest.mark.integration
@@ -46,7 +44,7 @@ boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto.server", reason="moto[server] (the test extra) is not installed")
 
 REPO = Path(__file__).resolve().parents[2]
-BUCKET = "bidpm-test"
+BUCKET = S3_BUCKET
 EPOCHS, STEPS = 4, 3
 EXP = "s3-tune"
 STUDY = tiny_study("s3", epochs=EPOCHS, sections={
@@ -58,59 +56,14 @@ STUDY = tiny_study("s3", epochs=EPOCHS, sections={
 # registering (pyfunc packaging + test-split scoring) adds half a minute and no storage path of its own: off
 
 
-def _wait_http(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(f"{what} exited at start ({proc.returncode})") from None
-            time.sleep(0.3)
-    raise AssertionError(f"{what} did not answer within {timeout_s:.0f} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def s3(s3_env):
-    """The session's S3 server (conftest ``s3_env``, also in the Ray head's environment), a bucket, a client."""
+    """The session's S3 server and bucket (conftest ``s3_env``, also in the Ray head's environment), a client."""
     if s3_env is None:
         pytest.skip("moto[server] (the test extra) is not installed")
     client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                           aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"])
-    client.create_bucket(Bucket=BUCKET)
     yield s3_env, client
-
-
-@pytest.fixture(scope="module")
-def mlflow_s3(s3, tmp_path_factory):
-    """An `mlflow server` whose artifacts go to s3://BUCKET/mlflow (proxied, as cluster/kuberay deploys it)."""
-    env, _ = s3
-    store = tmp_path_factory.mktemp("mlflow")
-    with reserved_ports(1, host="127.0.0.1") as (port,):
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", f"s3://{BUCKET}/mlflow"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(store / "server.log", "w"),
-                            env={**_clean_env(), **env}, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{uri}/health", proc, "mlflow server")
-        yield uri
-    finally:
-        _stop(proc)
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI") and not k.startswith("AWS_")}
 
 
 def _keys(client, prefix: str = "") -> list[str]:
@@ -198,7 +151,7 @@ def test_storage_round_trip_and_checkpoint_download_on_s3(s3, tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_study_on_s3_ingests_trains_is_killed_resumes_and_logs_artifacts_there(s3, mlflow_s3, tmp_path, ray_head, session_env,
+def test_study_on_s3_ingests_trains_is_killed_resumes_and_logs_artifacts_there(s3, mlflow_server_s3, tmp_path, ray_head, session_env,
                                                                                ray_session, monkeypatch, capsys):
     from bidpm.commands.tune_steps import main
 
@@ -206,7 +159,7 @@ def test_study_on_s3_ingests_trains_is_killed_resumes_and_logs_artifacts_there(s
     out = tmp_path / "out"
     cfg_path = tmp_path / "study.yaml"
     cfg_path.write_text(yaml.safe_dump({**STUDY, "output_dir": str(out), "tracking": {**STUDY["tracking"],
-                                                                                    "tracking_uri": mlflow_s3}}))
+                                                                                    "tracking_uri": mlflow_server_s3}}))
     assert "AWS" not in cfg_path.read_text() and env_s3["AWS_SECRET_ACCESS_KEY"] not in cfg_path.read_text()
     cmd = [sys.executable, str(REPO / "jobs" / "tune_steps.py"), "--config", str(cfg_path)]
     env = {**session_env, **env_s3, "TUNE_GLOBAL_CHECKPOINT_S": "1"}   # Tune saves its state (to the bucket) every second
@@ -269,7 +222,7 @@ def test_study_on_s3_ingests_trains_is_killed_resumes_and_logs_artifacts_there(s
     # MLflow: runs FINISHED; the trial's best checkpoint and sample grid are objects in the bucket
     from mlflow import MlflowClient
 
-    ml = MlflowClient(mlflow_s3, mlflow_s3)
+    ml = MlflowClient(mlflow_server_s3, mlflow_server_s3)
     runs = ml.search_runs([ml.get_experiment_by_name("s3").experiment_id])
     assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in runs]
     (trial_run,) = [r for r in runs if r.data.tags.get("bidpm.role") == "trial"]

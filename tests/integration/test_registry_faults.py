@@ -34,6 +34,7 @@ from bidpm.config.data import SALT_ENV
 from bidpm.tracking.promotion import LOCK_SUFFIX, promotion_lock
 from bidpm.tracking.registry import CHAMPION, TAG_REGISTRATION_KEY, registration_key
 
+from procs import MlflowServer  # tests/procs.py
 from tiny import tiny_checkpoint, tiny_overrides  # tests/tiny.py
 
 pytestmark = pytest.mark.integration
@@ -312,8 +313,6 @@ def auth_server(tmp_path):
 
     import yaml
 
-    from ports import reserved_ports   # tests/ports.py
-
     docs = {d["kind"]: d for d in yaml.safe_load_all((REPO / "cluster/kuberay/mlflow-server.yaml").read_text()) if d}
     (c,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
     ini = configparser.ConfigParser()
@@ -327,35 +326,12 @@ def auth_server(tmp_path):
     for e in c["env"]:
         if "valueFrom" in e and e["name"] != "MLFLOW_BACKEND_STORE_URI":
             env[e["name"]] = secret[e["valueFrom"]["secretKeyRef"]["key"]]
-    args = list(c["args"])
-    with reserved_ports(1, host="127.0.0.1") as (port,):
-        args[args.index("--host") + 1], args[args.index("--port") + 1] = "127.0.0.1", str(port)
-        args[args.index("--workers") + 1] = "1"
-        cmd = [sys.executable, "-m", "mlflow", "server", *args, "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-               "--artifacts-destination", str(tmp_path / "artifacts")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail("mlflow basic-auth server exited at start: " + proc.stderr.read().decode()[-2000:])
-            if time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("mlflow basic-auth server did not answer within 120 s")
-            time.sleep(0.5)
-    yield uri, secret
-    import signal
-
-    os.killpg(proc.pid, signal.SIGTERM)          # its own session: the server and its workers
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+    args, skip = [], {"--host", "--port", "--workers"}          # loopback, a free port, one worker: MlflowServer's
+    for i, a in enumerate(c["args"]):
+        if a not in skip and (i == 0 or c["args"][i - 1] not in skip):
+            args.append(a)
+    with MlflowServer(tmp_path, *args, env=env) as server:      # its store and artifacts under tmp_path
+        yield server.uri, secret
 
 
 @pytest.mark.slow

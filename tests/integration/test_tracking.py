@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -156,43 +155,9 @@ def test_params_are_readable_lists_and_runs_resume(tmp_path):
     assert tracking.trial_run(client, exp_id, parent, cfg.tune.experiment_name, "t1", "trial_1", cfg, {}) == child
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` on a free loopback port (stopped after the test)."""
-    port = _free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts"),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            import urllib.request
-
-            urllib.request.urlopen(uri + "/health", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail("mlflow server exited at start")
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not answer within 90 s")
-    yield uri
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def test_http_server_registry_round_trip(tmp_path, mlflow_server):
-    cfg = _cfg(tmp_path, f"tracking.tracking_uri={mlflow_server}")
+def test_http_server_registry_round_trip(tmp_path, mlflow_server_s3):
+    """Over HTTP (the session's server; its artifacts in the session's S3 bucket, as cluster/kuberay deploys it)."""
+    cfg = _cfg(tmp_path, f"tracking.tracking_uri={mlflow_server_s3}")
     client, _ = tracking.connect(cfg)
     v = _register(client, cfg, tmp_path, 1)
     d = tracking.promote(client, cfg, v, evaluate=lambda uri: {cfg.tracking.promote_metric: 0.7})

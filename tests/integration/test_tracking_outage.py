@@ -13,50 +13,17 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ports import reserved_ports
+from procs import MlflowServer  # tests/procs.py
 from tiny import tiny_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class Server:
-    """`mlflow server` on a fixed port and store, started and killed (SIGKILL, its whole process group) by PID."""
-
-    def __init__(self, store: Path, port: int) -> None:
-        self.store, self.port, self.proc = store, port, None
-        self.uri = f"http://127.0.0.1:{port}"
-
-    def start(self, timeout_s: float = 120) -> None:
-        self.store.mkdir(exist_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}",
-             "--artifacts-destination", str(self.store / "artifacts"), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(self.uri + "/health", timeout=2).read()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    pytest.fail("mlflow server exited at start")
-                time.sleep(0.5)
-        self.kill()
-        pytest.fail(f"mlflow server did not answer within {timeout_s:.0f} s")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
 
 
 def _runs(db: Path) -> list[tuple[str, str, str]]:
@@ -99,9 +66,7 @@ def test_a_search_that_stalls_then_loses_its_server_resumes_each_time(tmp_path, 
     from bidpm.commands.tune_steps import main
 
     out = tmp_path / "out"
-    with reserved_ports(1) as (port,):
-        pass
-    server = Server(tmp_path / "server", port)
+    server = MlflowServer(tmp_path / "server")
     db = server.store / "mlflow.db"
     cfg = tmp_path / "outage.yaml"
     raw = tiny_study("outage", epochs=2, sections={"train": {"resources_per_worker": {"slot": 1}},
