@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from bidpm.train.loop import _flag_last, average_partial_group
+from bidpm.train.step import average_partial_group, flag_last
 
 
 def test_flag_last_marks_only_the_final_item():
-    assert list(_flag_last(iter([1, 2, 3]))) == [(1, False), (2, False), (3, True)]
-    assert list(_flag_last(iter([7]))) == [(7, True)]
-    assert list(_flag_last(iter([]))) == []
+    assert list(flag_last(iter([1, 2, 3]))) == [(1, False), (2, False), (3, True)]
+    assert list(flag_last(iter([7]))) == [(7, True)]
+    assert list(flag_last(iter([]))) == []
 
 
 def test_partial_group_gradient_is_the_mean_over_its_micro_batches():

@@ -43,7 +43,7 @@ from bidpm.model import runtime
 from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, VAL, worker_batches
 from bidpm.train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from bidpm.train.samples import save_sample_grid
-from bidpm.train.step import apply_gradients
+from bidpm.train.step import apply_gradients, average_partial_group, flag_last
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"cfg": Config.to_dict(), "manifest_digest": str}."""
@@ -112,7 +112,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             shuffle_buffer_rows=tc.shuffle_buffer_rows, prefetch_batches=tc.prefetch_batches,
             pin_memory=runtime.resolve(tc.pin_memory, device),
         ), waits)
-        for micro, (batch, epoch_end) in enumerate(_flag_last(batches)):
+        for micro, (batch, epoch_end) in enumerate(flag_last(batches)):
             batch = batch.to(device, non_blocking=True, memory_format=memory_format)  # Ray already moved it
             in_group = micro % tc.grad_accum + 1  # micro-batches in this optimizer step so far
             last_micro = in_group == tc.grad_accum or epoch_end  # an epoch's leftover micro-batches step too
@@ -193,28 +193,6 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _flag_last(items: Iterable[Batch]) -> Iterator[tuple[Batch, bool]]:
-    """Each item with whether it is the stream's last: a one-item lookahead, since a streamed epoch's
-    length is not known in advance. Every rank sees the same number of batches (equal shards, full
-    batches only), so all ranks flag the same micro-batch and DDP syncs on it together."""
-    it = iter(items)
-    prev = next(it, None)
-    for item in it:
-        yield prev, False  # type: ignore[misc]
-        prev = item
-    if prev is not None:
-        yield prev, True
-
-
-def average_partial_group(params: Iterable[nn.Parameter], grad_accum: int, in_group: int) -> None:
-    """Each micro-batch loss is scaled by 1/grad_accum, so a full group's summed gradient is the mean
-    over its micro-batches. An epoch's last group may hold only ``in_group`` of them: rescale its
-    sum to their mean too, instead of dropping those micro-batches (which an earlier version did)."""
-    for p in params:
-        if p.grad is not None:
-            p.grad.mul_(grad_accum / in_group)
 
 
 def _timed(batches: Iterable[Batch], waits: list[float]) -> Iterator[Batch]:
