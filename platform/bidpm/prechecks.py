@@ -108,9 +108,23 @@ def split_problems(cfg: Config, job: str) -> list[str]:
     return out
 
 
+def phantom_root_problem(cfg: Config, job: str) -> list[str]:
+    """``data.layout=phantom`` into a folder that holds other files and no phantoms marker: phantoms are
+    never written over them (``data.phantom.write_phantoms`` refuses too; here it is said before Ray)."""
+    if cfg.data.layout != "phantom" or (job not in TRAINING_JOBS and job != "prepare_data"):
+        return []
+    root = _local(cfg.resolve_path(cfg.data.root or "phantoms"))
+    if root is None or not os.path.isdir(root) or not os.listdir(root) or os.path.exists(os.path.join(root, "phantoms.json")):
+        return []
+    return [f"data.layout=phantom: data.root {root} holds other files and no phantoms.json, so phantoms would be "
+            f"written over them; fix: leave data.root unset (phantoms go to <output_dir>/phantoms) or point it at an "
+            f"empty folder"]
+
+
 def check_job(cfg: Config, job: str) -> None:
     """Raise one ``ConfigError`` listing every problem ``job`` would hit with ``cfg`` (see module docstring)."""
-    problems = (split_problems(cfg, job) if job in TRAINING_JOBS else []) + location_problems(cfg, job)
+    problems = ((split_problems(cfg, job) if job in TRAINING_JOBS else []) + phantom_root_problem(cfg, job)
+                + location_problems(cfg, job))
     if problems:
         raise ConfigError(f"{job}: " + "; ".join(problems) + ". Nothing was run")
 

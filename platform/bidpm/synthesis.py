@@ -190,7 +190,9 @@ def synthesize_volume(
     of ``output_params(cfg, output modality)`` ({"low", "high"}: what -1 and +1 map to).
 
     Returns (data (X, Y, Z) float32 in the file's ORIGINAL voxel order and the output modality's units,
-    affine 4x4 = the input file's affine); with ``output_path`` also writes it (atomically).
+    affine 4x4 = the input file's affine); with ``output_path`` also writes it (atomically). A synthesis
+    with non-finite voxels (NaN, inf: an fp16 overflow, a broken checkpoint) is a ``SynthesisError`` naming
+    the volume, and nothing is written.
     """
     vol, name = _as_volume(volume)
     in_mod, out_mod = modalities_for(cfg, direction)
@@ -207,6 +209,12 @@ def synthesize_volume(
     x = resize_slices(normalise(np.moveaxis(vol.data, 2, 0), p_in), cfg.data.image_size)
     y = synthesize_slices(model, torch.from_numpy(np.clip(x, -1.0, 1.0))[:, None], direction,
                           cfg.method.time_grid if grid is None else grid, batch_size, precision)[:, 0].numpy()
+    bad = ~np.isfinite(y)
+    if bad.any():                       # np.clip keeps NaN, so no later step would notice; fp16 can overflow
+        slices = sorted({int(z) for z in np.nonzero(bad)[0]})
+        raise SynthesisError(f"{name}: the model produced {int(bad.sum())} non-finite voxel(s) in {len(slices)} slice(s) "
+                             f"(transverse slices {slices[:8]}{' ...' if len(slices) > 8 else ''}); nothing was written. "
+                             f"Fix: synthesise in fp32 (--precision / evaluation.precision), or check the model's checkpoint")
     geometry = {
         "shape": list(vol.data.shape),
         "slices": list(range(depth)),

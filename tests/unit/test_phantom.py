@@ -78,3 +78,37 @@ def test_write_phantoms_idempotent_and_replaces_on_change(tmp_path):
     assert f.stat().st_mtime_ns == mtime
     ph.write_phantoms(tmp_path, 1, (24, 24, 10), 1, "brats", "brain")
     assert not f.parent.exists()  # the old set is removed, never mixed
+
+
+def test_phantoms_are_never_written_over_other_files(tmp_path):
+    """A real data set's root named with data.layout=phantom (no phantoms.json): refused, the files untouched;
+    through the ingest the refusal is a one-line DataError naming the folder and the fix."""
+    from bidpm.config import load_config
+    from bidpm.data.manifest import DataError
+    from bidpm.data.shards import prepare_shards
+
+    real = tmp_path / "BraTS2021" / "BraTS2021_00000" / "BraTS2021_00000_t1.nii.gz"
+    real.parent.mkdir(parents=True)
+    real.write_bytes(b"a real patient's volume")
+    with pytest.raises(ph.PhantomFolderError, match=r"not empty .* no phantoms.json"):
+        ph.write_phantoms(tmp_path / "BraTS2021", 2, (24, 24, 10), 0, "brats", "brain")
+    assert real.read_bytes() == b"a real patient's volume" and sorted(p.name for p in real.parent.parent.iterdir()) == \
+        ["BraTS2021_00000"]
+    cfg = load_config(None, [f"output_dir={tmp_path / 'out'}", "data.layout=phantom", f"data.root={tmp_path / 'BraTS2021'}"])
+    with pytest.raises(DataError, match="leave data.root unset"):
+        prepare_shards(cfg)                                     # refused before any Ray work
+    assert real.read_bytes() == b"a real patient's volume"
+    ph.write_phantoms(tmp_path / "empty", 1, (24, 24, 10), 0, "brats", "brain")   # an empty or new folder: fine
+    assert (tmp_path / "empty" / ph.MARKER).is_file()
+
+
+def test_a_job_with_phantoms_into_other_files_stops_before_ray(tmp_path):
+    from bidpm.config import ConfigError, load_config
+    from bidpm.prechecks import check_job
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "patient.nii.gz").write_bytes(b"real")
+    cfg = load_config(None, [f"output_dir={tmp_path / 'out'}", "data.layout=phantom", f"data.root={tmp_path / 'data'}"])
+    with pytest.raises(ConfigError, match="phantoms would be written over them"):
+        check_job(cfg, "tune_steps")
+    check_job(load_config(None, [f"output_dir={tmp_path / 'out'}", "data.layout=phantom"]), "tune_steps")   # the default folder

@@ -4,6 +4,7 @@ refusal to mix designs, and the report's numbers against numpy / scipy recomputa
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +182,22 @@ def test_fid_without_inception_weights_is_refused_before_training(tmp_path, monk
     c = cfg("study.fid=true", "study.pairing_ratios=[1.0]")
     with pytest.raises(ConfigError, match=r"study.fid=true: .*inception_v3_google.*Nothing was trained"):
         check_cells(c, expand_cells(c), _manifest())
+
+
+def test_an_unreadable_score_file_is_set_aside_and_the_cell_counts_as_unscored(tmp_path):
+    """A truncated cells/<id>.json (tried as a new user would): not a JSONDecodeError ending the study, but
+    one line, the file kept aside, and the cell scored again (it reads as having no scores)."""
+    from bidpm.study.cells import cell_file, read_cell
+
+    c = cfg(f"output_dir={tmp_path}")
+    cell = expand_cells(c)[0]
+    loc = Path(cell_file(c, cell.id))
+    loc.parent.mkdir(parents=True)
+    loc.write_text('{"grids": [{"label": "training grid N=1", "st')          # cut mid-write
+    said = []
+    assert read_cell(c, cell.id, print_fn=said.append) is None
+    assert not loc.exists() and len(list(loc.parent.glob(f"{cell.id}.json.damaged-*"))) == 1
+    assert len(said) == 1 and "cannot be read" in said[0] and "scored again" in said[0]
+    loc.write_text(json.dumps({"grids": [], "cell": cell.as_dict()}))
+    assert read_cell(c, cell.id) == {"grids": [], "cell": cell.as_dict()}
+    assert read_cell(c, "no-such-cell") is None

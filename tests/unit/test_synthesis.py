@@ -233,3 +233,20 @@ def test_volume_object_input_and_bad_inputs(phantoms, tmp_path):
         synthesize_volume(Constant(0.0), vol, cfg, "up")
     with pytest.raises(SynthesisError, match="mask"):
         synthesize_volume(Constant(0.0), vol, cfg, mask=np.zeros(SHAPE))
+
+
+class NaNField(nn.Module):
+    """u(x, t) = NaN on the first slice of each batch: what an fp16 overflow or a broken checkpoint gives."""
+
+    def forward(self, x, t):
+        out = torch.zeros_like(x)
+        out[0] = float("nan")
+        return out
+
+
+def test_a_synthesis_with_non_finite_voxels_is_an_error_and_writes_nothing(phantoms, tmp_path):
+    cfg = synthrad_cfg(40)
+    out = tmp_path / "nan.nii.gz"
+    with pytest.raises(SynthesisError, match=r"ct\.nii\.gz.*non-finite voxel.*nothing was written"):
+        synthesize_volume(NaNField(), phantoms["ct"], cfg, "backward", output_path=out)
+    assert not out.exists() and not list(tmp_path.iterdir())     # no output, no temp file

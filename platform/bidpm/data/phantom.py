@@ -203,12 +203,18 @@ def write_subject(root: Path, layout: str, region: str, subject: str, vols: dict
 MARKER = "phantoms.json"
 
 
+class PhantomFolderError(ValueError):
+    """Phantoms were asked for in a folder that holds other data (no phantoms marker): refused, nothing written."""
+
+
 def write_phantoms(root: str | os.PathLike, num_subjects: int, shape: Iterable[int], seed: int, layout: str, region: str) -> Path:
     """Generate ``num_subjects`` phantoms under ``root`` (idempotent).
 
     A marker ``phantoms.json`` holding the generator settings is written last; when it matches, the
     call is a no-op (files keep their mtimes, so ingest sees unchanged inputs). When it differs, the
-    previous phantom subjects are removed first so the folder never mixes two settings.
+    previous phantom subjects are removed first so the folder never mixes two settings. A folder without
+    the marker must be empty (or absent): phantoms never go where other files are (a real data set's
+    root named with ``data.layout=phantom`` would be overwritten), ``PhantomFolderError`` otherwise.
     """
     root = Path(root)
     shape = tuple(int(s) for s in shape)
@@ -226,6 +232,11 @@ def write_phantoms(root: str | os.PathLike, num_subjects: int, shape: Iterable[i
             for s in subject_ids(str(old.get("layout")), str(old.get("region")), int(old.get("num_subjects", 0))):
                 shutil.rmtree(base / s, ignore_errors=True)
         marker.unlink()
+    elif root.is_dir() and (others := sorted(p.name for p in root.iterdir())):
+        raise PhantomFolderError(
+            f"data.layout=phantom: {root} is not empty ({len(others)} entries, e.g. {others[:3]}) and holds no {MARKER}, "
+            f"so it is not a phantom folder; phantoms are never written over other files. Fix: leave data.root unset "
+            f"(phantoms go to <output_dir>/phantoms) or point it at an empty folder")
     root.mkdir(parents=True, exist_ok=True)
     modalities = BRATS_MODALITIES if layout == "brats" else ("mr", "ct")
     affine = ras_affine(shape, region)  # type: ignore[arg-type]

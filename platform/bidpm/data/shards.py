@@ -78,7 +78,7 @@ def _check_writable(location: str) -> None:
 
 
 def _ensure_phantoms(cfg) -> None:
-    from .phantom import write_phantoms  # local: only phantom runs need scipy's filters
+    from .phantom import PhantomFolderError, write_phantoms  # local: only phantom runs need scipy's filters
 
     root = input_root_location(cfg)
     if storage.is_uri(root):
@@ -86,6 +86,8 @@ def _ensure_phantoms(cfg) -> None:
     p = cfg.data.phantom
     try:
         write_phantoms(root, p.num_subjects, p.shape, p.seed, p.layout, p.region)
+    except PhantomFolderError as exc:
+        raise DataError(str(exc)) from None
     except OSError as exc:
         raise DataError(f"cannot write the phantom volumes to {root} ({exc.strerror or exc}); fix: free space there, or "
                         f"set data.root (or output_dir) to a writable location") from None

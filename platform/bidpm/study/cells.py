@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
@@ -23,7 +24,7 @@ from ..tune.names import experiment_dir
 SPEC_FILE, CELLS_DIR = "study_spec.json", "cells"
 
 __all__ = ["CELLS_DIR", "Cell", "cell_config", "cell_file", "cell_grids", "check_cells", "check_spec", "cells_by_id",
-           "expand_cells", "fid_wanted", "spec_digest", "study_dir"]
+           "expand_cells", "fid_wanted", "read_cell", "spec_digest", "study_dir"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,27 @@ def cell_file(cfg: Config, cell_id: str) -> str:
     """``cells/<id>.json``: a cell's scores, written (atomically) before it reports; a cell whose file
     exists is never retrained."""
     return storage.join(study_dir(cfg), CELLS_DIR, f"{cell_id}.json")
+
+
+def read_cell(cfg: Config, cell_id: str, print_fn: Any = print) -> Optional[dict[str, Any]]:
+    """A cell's scores, or None when it has none - also when its file cannot be read (a truncated write by
+    an older version, a damaged disk): that file is set aside as ``<id>.json.damaged-<time>``, said in one
+    line, and the cell is scored again from its checkpoint (its Train run resumes: nothing retrains)."""
+    loc = cell_file(cfg, cell_id)
+    if not storage.is_file(loc):
+        return None
+    try:
+        record = json.loads(storage.read_bytes(loc))
+        if not isinstance(record, dict) or "grids" not in record:
+            raise ValueError("not a cell record")
+        return record
+    except ValueError as exc:
+        aside = f"{loc}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        fs, path = storage.resolve(loc)
+        fs.move(path, storage.resolve(aside)[1])
+        print_fn(f"note: cell {cell_id}: its scores {loc} cannot be read ({str(exc)[:120]}); kept aside as {aside}, "
+                 f"scored again from its checkpoint")
+        return None
 
 
 def cells_by_id(cfg: Config) -> dict[str, Cell]:

@@ -11,7 +11,6 @@ MLflow: one parent run (``bidpm.kind`` study-grid) and a child run per cell.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -21,14 +20,13 @@ from ray import tune
 from ray.tune import RunConfig, TuneConfig, Tuner
 
 from ..config import Config
-from ..io import storage
 from ..tune.experiment import ExperimentRuns, check_finished, preflight
 from ..tune.mlflow import MLflowTrialCallback
 from ..tune.names import also_known_as
 from ..tune.names import trial_name as named
 from ..tune.reporter import progress_settings
 from ..tune.watchdog import StallWatchdog
-from .cells import Cell, cell_config, cell_file, cells_by_id, check_cells, check_spec, expand_cells, study_dir
+from .cells import Cell, cell_config, cells_by_id, check_cells, check_spec, expand_cells, read_cell, study_dir
 from .progress import CellProgress
 from .report import write_report
 from .score import _cell_trial
@@ -99,8 +97,9 @@ def run_study(cfg: Config) -> StudyResult:
             name = f"{st.name}-retry-{time.strftime('%Y%m%d-%H%M%S')}"
             print(f"retrying {len(missing)} cell(s) without scores as {name}: {', '.join(missing)}", flush=True)
             check_finished(_tuner(cfg, trainable, missing, name, callbacks, limit).fit(), len(missing), where)
-        missing = _unscored(cfg, cells)
-        done = [json.loads(storage.read_bytes(cell_file(cfg, c.id))) for c in cells if c.id not in missing]
+        scored = {c.id: read_cell(cfg, c.id) for c in cells}
+        missing = [i for i, r in scored.items() if r is None]
+        done = [r for r in scored.values() if r is not None]
         # cells whose end no callback recorded (a killed driver): as their scores say
         runs.sweep("FAILED", {f"cell_{d['cell']['id']}": "FINISHED" for d in done})
         out = StudyResult(where, done, missing, parent_run_id=runs.parent)
@@ -114,7 +113,7 @@ def run_study(cfg: Config) -> StudyResult:
 
 
 def _unscored(cfg: Config, cells: list[Cell]) -> list[str]:
-    return [c.id for c in cells if not storage.is_file(cell_file(cfg, c.id))]
+    return [c.id for c in cells if read_cell(cfg, c.id) is None]
 
 
 def _tuner(cfg: Config, trainable: Any, ids: list[str], name: str, callbacks: list[Any], limit: int) -> Tuner:

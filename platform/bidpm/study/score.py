@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import Config, config_from_dict
 from ..io import storage
-from .cells import Cell, cell_config, cell_file, cell_grids, cells_by_id, fid_wanted, study_dir
+from .cells import Cell, cell_config, cell_file, cell_grids, cells_by_id, fid_wanted, read_cell, study_dir
 
 __all__ = ["final_metrics", "score_cell"]
 
@@ -33,8 +33,8 @@ def _cell_trial(config: dict[str, Any], base_cfg: dict[str, Any]) -> None:
     cell = cells_by_id(cfg)[config["cell"]]
     ccfg = cell_config(cfg, cell)
     loc = cell_file(cfg, cell.id)
-    if storage.is_file(loc):                                   # scored before a restart: never retrained
-        tune.report(final_metrics(json.loads(storage.read_bytes(loc))))
+    if (scored := read_cell(cfg, cell.id)) is not None:        # scored before a restart: never retrained
+        tune.report(final_metrics(scored))
         return
     t0 = time.time()
     result = run_training(ccfg, callbacks=[TuneReportCallback()], resume=True,
