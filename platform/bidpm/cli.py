@@ -113,11 +113,14 @@ def _resumable_errors() -> tuple[type[BaseException], ...]:
 
 
 def rerun_command(argv: Optional[Sequence[str]] = None) -> str:
-    """The command line that started this job (what resumes it), shell-quoted."""
+    """The command line that started this job (what resumes it), shell-quoted, secret overrides redacted
+    (``config.loader.SECRET_KEYS``: give them again, through the environment)."""
+    from .config.loader import redact
+
     args = list(sys.argv if argv is None else argv)
     prog = args[0] if args else "bidpm"
     head = ["python", prog] if prog.endswith(".py") else [prog]
-    return shlex.join(head + args[1:])
+    return shlex.join(head + [redact(a) for a in args[1:]])
 
 
 def run_main(main: Callable[..., Optional[int]], argv: Optional[Sequence[str]] = None) -> None:

@@ -369,3 +369,27 @@ def test_cluster_readme_says_how_clients_pass_mlflow_credentials():
     for needle in ("--app-name basic-auth", "bidpm-mlflow-auth", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                    "NetworkPolicy", "secretKeyRef", "--dashboard-host=127.0.0.1", SALT_ENV):
         assert needle in text, f"cluster/README.md does not mention {needle!r}"
+
+
+def test_secrets_given_on_the_command_line_are_echoed_nowhere(monkeypatch):
+    """A wrong value next to a salt, a salt that is not valid YAML, a credential-bearing tracking URI: the
+    errors name the field and the fix, never the secret; the rerun command a stopped job prints drops it."""
+    from bidpm.cli import rerun_command
+    from bidpm.config import ConfigError, load_config
+
+    salt, pw = "s3cr3t-salt-on-the-command-line", "pw-9f3e1c"
+    for overrides in ([f"data.pseudonym_salt={salt}", "train.epochs=0"],          # an error elsewhere, salt in the origin
+                      [f"data.pseudonym_salt=[{salt}"],                          # the salt itself is not valid YAML
+                      [f"data.pseudonym_salt={{a: {salt}}}"]):                  # wrong type: pydantic's "(got ...)"
+        with pytest.raises(ConfigError) as e:
+            load_config(None, overrides)
+        assert salt not in str(e.value) and "data.pseudonym_salt" in str(e.value) or "train.epochs" in str(e.value), str(e.value)
+        assert salt not in str(e.value)
+    for uri in (f"postgresql://bidpm:{pw}@db:5432/mlflow", f"https://bidpm:{pw}@mlflow.example.org"):
+        with pytest.raises(ConfigError, match="credentials in the tracking URI") as e:
+            load_config(None, [f"tracking.tracking_uri={uri}"])
+        assert pw not in str(e.value)
+    assert load_config(None, ["tracking.tracking_uri=postgresql://db:5432/mlflow"]).mlflow_uri == "postgresql://db:5432/mlflow"
+    cmd = rerun_command(["jobs/study.py", "--config", "c.yaml", f"data.pseudonym_salt={salt}", "train.epochs=3",
+                         f"tracking.tracking_uri=https://u:{pw}@h"])
+    assert salt not in cmd and pw not in cmd and "train.epochs=3" in cmd and "data.pseudonym_salt=<redacted>" in cmd

@@ -15,8 +15,25 @@ from pydantic import ValidationError
 
 from .base import ConfigError
 from .root import Config
+from .tracking import has_password
 
-__all__ = ["apply_overrides", "config_from_dict", "load_config", "set_path", "with_overrides"]
+__all__ = ["SECRET_KEYS", "apply_overrides", "config_from_dict", "load_config", "redact", "set_path", "with_overrides"]
+
+
+# Config fields whose values are secrets: never echoed in an error or a command line (``redact``).
+SECRET_KEYS = ("data.pseudonym_salt", "data.split.train_subjects", "data.split.val_subjects", "data.split.test_subjects",
+               "tracking.tracking_uri")
+
+
+def redact(override: str) -> str:
+    """``key=value`` with the value replaced by ``<redacted>`` when ``key`` is a secret field (a tracking URI only
+    when it carries a password)."""
+    key, sep, value = override.partition("=")
+    if not sep or key.strip() not in SECRET_KEYS:
+        return override
+    if key.strip() == "tracking.tracking_uri" and not has_password(value):
+        return override
+    return f"{key}=<redacted>"
 
 
 def _format_validation(err: ValidationError, origin: str) -> str:
@@ -27,7 +44,9 @@ def _format_validation(err: ValidationError, origin: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo? see the section's fields in bidpm/config/)"
-        got = e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict)
+        got = (e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict)
+               and not any(loc == k or loc.startswith(k + ".") for k in SECRET_KEYS if k != "tracking.tracking_uri")
+               and not (loc == "tracking.tracking_uri" and has_password(str(e.get("input")))))
         parts.append((f"{loc}: " if loc else "") + msg + (f" (got {e['input']!r})" if got else ""))
     return f"invalid config ({origin}): " + "; ".join(parts)
 
@@ -35,17 +54,19 @@ def _format_validation(err: ValidationError, origin: str) -> str:
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Set ``a.b.c=value`` in a nested dict; values parse as YAML (``[0,0.5,1]``, ``true``, ``1e-4``)."""
     for item in overrides:
+        shown = redact(item)                      # what an error may echo
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=3")
         key, _, text = item.partition("=")
         parts = key.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"override {item!r}: empty key segment")
+            raise ConfigError(f"override {shown!r}: empty key segment")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
-        set_path(raw, key.strip(), value, what=f"override {item!r}")
+            raise ConfigError(f"override {shown!r}: value is not valid YAML"
+                              + ("" if shown != item else f" ({exc})")) from None
+        set_path(raw, key.strip(), value, what=f"override {shown!r}")
     return raw
 
 
@@ -91,7 +112,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()
     overrides = list(overrides)
     raw = apply_overrides(raw, overrides)
     if overrides:
-        origin += " + overrides " + " ".join(overrides)
+        origin += " + overrides " + " ".join(redact(o) for o in overrides)
     if not (raw.get("tracking") or {}).get("tracking_uri") and os.environ.get("MLFLOW_TRACKING_URI"):
         raw.setdefault("tracking", {})["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
         origin += " + MLFLOW_TRACKING_URI from the environment"

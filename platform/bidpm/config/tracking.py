@@ -18,6 +18,11 @@ URI_HINT = ("use http(s)://HOST:PORT for a tracking server, sqlite:////ABS/PATH/
             "<output_dir>/mlflow.db")
 
 
+def has_password(uri: str) -> bool:
+    """Does ``uri`` carry ``user:password@`` (a user name alone is no secret)?"""
+    return re.match(r"^[^/]*//[^/@:]+:[^/@]*@", uri) is not None
+
+
 def check_tracking_uri(uri: str) -> str:
     """``uri`` if MLflow can use it as this platform's store, else ValueError naming the fix."""
     m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
@@ -26,6 +31,11 @@ def check_tracking_uri(uri: str) -> str:
             return uri
         raise ValueError(f"{uri!r} is a bare path, not a URI (MLflow's file store is not supported); {URI_HINT}")
     scheme = m.group(1).lower()
+    if has_password(uri):                           # user:password@host: a credential in a config value
+        raise ValueError(f"{scheme}://<redacted>@...: credentials in the tracking URI would be written into MLflow params, "
+                         f"resolved configs, checkpoints and Tune's experiment state; remove them and pass them through "
+                         f"the environment (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for a server, the "
+                         f"database's own variables, e.g. PGPASSWORD or ~/.pgpass, for a database URI)")
     if scheme in ("http", "https", "databricks") or scheme.split("+")[0] in _DB_SCHEMES:
         if scheme == "sqlite" and not uri.startswith("sqlite:///"):
             raise ValueError(f"{uri!r}: a SQLite URI has three slashes before the path (sqlite:///relative.db, "
