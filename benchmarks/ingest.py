@@ -76,17 +76,17 @@ def bare_loop(root: str, k: int, part: tuple[int, int], isal: bool, out: mp.Queu
 
 
 def _probed_group(item: dict, settings, version_dir: str, log: str) -> list[dict]:
-    """The pipeline's task function (``shards._ingest_group``: ``_ingest_one`` per subject), plus a
+    """The pipeline's task function (``ingest_tasks._ingest_group``: ``_ingest_one`` per subject), plus a
     line per subject (pid, start, end, rows) for the ramp-up and steady-state figures. Defined in
     this script, so Ray ships it by value."""
     import json as _json
 
-    from bidpm.data import shards
+    from bidpm.data import ingest_tasks
 
     out, lines = [], []
     for task in _json.loads(item["tasks"]):
         t = time.time()
-        out.append(shards._ingest_one(task, settings, version_dir))
+        out.append(ingest_tasks._ingest_one(task, settings, version_dir))
         lines.append(f"{os.getpid()} {t} {time.time()} {out[-1]['rows']}\n")
     with open(log, "a") as f:
         f.writelines(lines)
@@ -214,7 +214,7 @@ def main() -> None:
     import ray
 
     from bidpm.config import load_config
-    from bidpm.data import prepare_shards, shards
+    from bidpm.data import ingest_tasks, prepare_shards
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     base = [f"output_dir={work}", "data.layout=phantom", f"data.root={root}", f"data.phantom.num_subjects={args.subjects}",
@@ -239,7 +239,7 @@ def main() -> None:
     rss: dict[str, list[float]] = {n: [0.0, 0.0] for n in names}
     ramps: dict[str, list[str]] = {n: [] for n in ray_runs}
     steady: dict[str, list[float]] = {n: [] for n in ray_runs}
-    real_group = shards._ingest_group
+    real_group = ingest_tasks._ingest_group
     for rep in range(args.repeat):
         # every run of a round back to back (same machine state), rounds repeated for the spread
         runs = {
@@ -261,12 +261,12 @@ def main() -> None:
             tag = f"{workers}_{setting}_r{rep}"
             cfg = load_config(None, [*base, f"data.num_workers={setting}", f"data.shards_dir=shards_{tag}"])
             log = work / f"tasks_{tag}.log"
-            shards._ingest_group = partial(_probed_group, log=str(log))  # the driver hands this to Ray Data
+            ingest_tasks._ingest_group = partial(_probed_group, log=str(log))  # the driver hands this to Ray Data
             with RssSampler() as sampler:
                 t0, t = time.time(), time.perf_counter()
                 path = prepare_shards(cfg)
                 dt = time.perf_counter() - t
-            shards._ingest_group = real_group
+            ingest_tasks._ingest_group = real_group
             r, st = _timeline(log, t0, workers)
             ramps[name].append(r)
             steady[name].append(st)

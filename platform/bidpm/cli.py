@@ -93,7 +93,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     raised is loaded; importing them here would pull torch into every job's start, --help included)."""
     errs: list[type[BaseException]] = [ConfigError]
     for mod, name in (("bidpm.data.manifest", "DataError"), ("bidpm.tracking.store", "TrackingError"),
-                      ("bidpm.synthesis", "SynthesisError"), ("bidpm.io.nifti", "NiftiError")):
+                      ("bidpm.synthesis", "SynthesisError"), ("bidpm.io.nifti_guard", "NiftiError"),
+                      ("bidpm.io.lease", "FolderBusy")):
         if mod in sys.modules:
             errs.append(getattr(sys.modules[mod], name))
     return tuple(errs)

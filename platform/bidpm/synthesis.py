@@ -44,6 +44,7 @@ from .data.geometry import rebuild_volume
 from .data.normalise import ct_params, mr_params, normalise
 from .data.slicing import resize_slices
 from .io.nifti import NiftiError, Volume, load_nifti, read_volume, save_nifti
+from .io.nifti_guard import human_bytes, too_large
 from .method.solver import Direction, check_grid, euler_integrate
 
 MR_OUTPUT_RANGE = (0.0, 1000.0)
@@ -135,28 +136,31 @@ def output_params(cfg: Config, modality: str) -> dict:
     return {"kind": "mr_fixed", "low": MR_OUTPUT_RANGE[0], "high": MR_OUTPUT_RANGE[1]}
 
 
-def _as_volume(volume: str | os.PathLike | Volume) -> tuple[Volume, str]:
+def _as_volume(volume: str | os.PathLike | Volume, max_bytes: int) -> tuple[Volume, str]:
     if isinstance(volume, Volume):
         return volume, "<volume>"
-    return load_nifti(volume), str(volume)
+    return load_nifti(volume, max_bytes), str(volume)
 
 
-def _load_mask(path: str | os.PathLike) -> Volume:
+def _load_mask(path: str | os.PathLike, max_bytes: int) -> Volume:
     """A mask NIfTI, reoriented to RAS like the input (an all-ones mask is valid, so no constant check)."""
     p = Path(path)
     if not p.is_file():
         raise NiftiError(str(p), "missing_file", "mask file does not exist", "check the --mask path")
-    return read_volume(p.read_bytes(), str(p), check_constant=False)
+    if p.stat().st_size > max_bytes:
+        raise too_large(str(p), f"the file is {human_bytes(p.stat().st_size)}", max_bytes)
+    return read_volume(p.read_bytes(), str(p), check_constant=False, max_bytes=max_bytes)
 
 
-def _as_mask(mask: Optional[str | os.PathLike | Volume | np.ndarray], vol: Volume, name: str, atol: float) -> np.ndarray:
+def _as_mask(mask: Optional[str | os.PathLike | Volume | np.ndarray], vol: Volume, name: str, atol: float,
+             max_bytes: int) -> np.ndarray:
     """(X, Y, Z) bool in RAS order. None -> nonzero voxels of the input (the ingest's no-mask rule)."""
     if mask is None:
         return vol.data != 0
     if isinstance(mask, np.ndarray):
         m = mask
     else:
-        mv = mask if isinstance(mask, Volume) else _load_mask(mask)
+        mv = mask if isinstance(mask, Volume) else _load_mask(mask, max_bytes)
         if mv.data.shape != vol.data.shape or not np.allclose(mv.affine, vol.affine, atol=atol):
             raise SynthesisError(f"{name}: mask {mask if not isinstance(mask, Volume) else '<volume>'} has shape "
                                  f"{mv.original_shape} / another affine than the input's {vol.original_shape}; "
@@ -194,12 +198,12 @@ def synthesize_volume(
     with non-finite voxels (NaN, inf: an fp16 overflow, a broken checkpoint) is a ``SynthesisError`` naming
     the volume, and nothing is written.
     """
-    vol, name = _as_volume(volume)
+    vol, name = _as_volume(volume, cfg.data.max_volume_bytes)
     in_mod, out_mod = modalities_for(cfg, direction)
     if in_mod in cfg.data.ct_modalities:
         p_in = ct_params(cfg.data.ct_window)  # a fixed window: no mask needed
     else:
-        p_in = input_params(cfg, in_mod, vol, _as_mask(mask, vol, name, cfg.data.geometry_atol), name)
+        p_in = input_params(cfg, in_mod, vol, _as_mask(mask, vol, name, cfg.data.geometry_atol, cfg.data.max_volume_bytes), name)
     p_out = out_params or output_params(cfg, out_mod)
     if cfg.model.in_channels != 1:
         raise SynthesisError(f"model.in_channels is {cfg.model.in_channels}; volume synthesis feeds one channel per transverse slice")

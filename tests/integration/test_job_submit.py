@@ -62,6 +62,17 @@ def test_ray_job_submit_runs_the_search_and_a_rerun_reports_it(tmp_path, ray_hea
     # table, and the best config is a valid train config with the best trial's grid and weights
     res = load_finished(cfg)
     assert res is not None and len(res.rows) == 2
+    assert "already finished" not in out.stdout          # the job ran the search (it reused nothing)
+    # the record agrees with what was live: the registry's version and the trials' MLflow runs
+    from mlflow import MlflowClient
+
+    from bidpm import tracking
+
+    client = MlflowClient(cfg.mlflow_uri, cfg.mlflow_uri)
+    assert tracking.alias_version(client, cfg.tracking.registered_model_name, "champion") == res.model_version
+    exp = client.get_experiment_by_name(cfg.tracking.experiment_name)
+    live = {r.data.tags[tracking.TAG_TRIAL] for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("bidpm.role") == "trial"}
+    assert {r["trial"] for r in res.rows} == live and res.best_trial in live
     assert all(r["status"] in ("finished", "stopped") for r in res.rows) and any(r["status"] == "finished" for r in res.rows)
     assert "fwd SSIM" in out.stdout and res.best_trial + "*" in out.stdout
     best = next(r for r in res.rows if r["trial"] == res.best_trial)

@@ -104,6 +104,32 @@ def test_tampered_python_model_pickle_is_never_executed(tmp_path):
     assert marker.exists()
 
 
+def test_swapped_weights_in_the_artifact_store_are_refused_with_the_version_named(tmp_path):
+    """Issue 22 item 3: state.pt is checked against the sha256 recorded in the tracking database at
+    registration (a hashlib digest of the original file is the reference), on every load."""
+    import hashlib
+
+    from bidpm.config import ConfigError
+
+    cfg = _cfg(tmp_path)
+    client, exp_id = tracking.connect(cfg)
+    run = client.create_run(exp_id)
+    ck = tiny_checkpoint(cfg, tmp_path / "ck")
+    uri = tracking.log_model(cfg, run.info.run_id, str(ck))
+    version = tracking.register(client, cfg, uri, run.info.run_id, {})
+    client.set_registered_model_alias("tiny", CHAMPION, version)
+    assert tracking.load_model("models:/tiny@champion", cfg).grid  # untouched: loads
+    stored = list((tmp_path / "mlartifacts").rglob("state.pt"))
+    assert len(stored) == 1 and hashlib.sha256(stored[0].read_bytes()).hexdigest() == \
+        hashlib.sha256((ck / "state.pt").read_bytes()).hexdigest()
+    other = tiny_checkpoint(cfg, tmp_path / "ck-other", seed=7)  # valid weights, not the registered ones
+    stored[0].write_bytes((other / "state.pt").read_bytes())
+    for model_uri in ("models:/tiny@champion", f"models:/tiny/{version}", uri, f"runs:/{run.info.run_id}/model"):
+        with pytest.raises(ConfigError, match=rf"registered model 'tiny' version {version}|logged model|run .*'s model") as e:
+            tracking.load_model(model_uri, cfg)
+        assert "not the registered ones" in str(e.value), str(e.value)
+
+
 def test_a_foreign_model_is_refused_without_unpickling(tmp_path):
     """A registered version whose MLmodel has no bidpm checkpoint artifact: a clear error, nothing run."""
     from bidpm.config import ConfigError

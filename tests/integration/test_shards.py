@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from bidpm.config import load_config
 from bidpm.data import (TRAIN_COLUMNS, DataError, load_manifest, pair_u, prepare_shards, read_split, verify_shards,
                         volume_geometry)
+from bidpm.data import ingest_tasks
 from bidpm.data import shards as shards_mod
 
 pytestmark = pytest.mark.integration
@@ -191,5 +193,63 @@ def test_grouped_tasks_write_the_same_shards_without_deprecated_calls(prepared, 
 @pytest.mark.parametrize("n, per_task, workers, groups", [(64, None, 2, 8), (64, None, 1, 4), (5, None, 4, 5), (7, 3, 2, 3), (0, None, 2, 0)])
 def test_task_groups_cover_every_subject_once_in_order(n, per_task, workers, groups):
     tasks = [{"subject": f"s{i}"} for i in range(n)]
-    out = shards_mod.task_groups(tasks, per_task, workers)
+    out = ingest_tasks.task_groups(tasks, per_task, workers)
     assert len(out) == groups and [t for g in out for t in g] == tasks
+
+
+def test_shards_are_verified_on_read_and_confined_to_their_folder(ray_session, tmp_path):
+    """Issue 22 item 4: a shard changed after the ingest is refused by both readers (hashlib of the
+    listed bytes is the reference); a manifest naming a path outside its folder, or whose file list
+    does not match its content_digest, is refused."""
+    from bidpm.data import iter_split
+    from bidpm.data.readers import _VERIFIED
+
+    cfg = tiny_cfg(tmp_path)
+    path = prepare_shards(cfg)
+    m = json.loads(path.read_text())
+    assert sum(b.source.shape[0] for b in iter_split(cfg, "test", 4)) == m["splits"]["test"]["slices"]  # untouched: reads
+    (victim,) = [f for f in m["files"] if f["split"] == "test"]
+    shard = path.parent / victim["path"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    _VERIFIED.clear()  # this process read it above; a fresh reader process checks again
+    with pytest.raises(DataError, match=rf"{re.escape(str(shard))}: content differs from the manifest's sha256"):
+        list(iter_split(cfg, "test", 4))
+    with pytest.raises(Exception, match="content differs from the manifest's sha256"):
+        read_split(cfg, "test").take_all()
+    original = path.read_text()
+    for edit, match in ((lambda f: f.update(path="/etc/passwd"), "is not <split>/<file>.parquet"),
+                        (lambda f: f.update(path="train/../../x.parquet"), "is not <split>/<file>.parquet"),
+                        (lambda f: f.update(sha256="0" * 64), "does not match its content_digest")):
+        bad = json.loads(original)
+        edit(bad["files"][0])
+        path.write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=match):
+            load_manifest(cfg)
+    path.write_text(original)
+
+
+def test_a_subject_whose_task_dies_is_reported_not_retried_forever(ray_session, tmp_path, monkeypatch, capsys):
+    """Issue 22 item 1 (Ray side): ingest tasks retry ``data.task_retries`` times, then the subjects are
+    read one per task and the one whose task dies (here: its process exits, as an OOM kill does) is
+    that subject's ``worker_died`` error - skipped under skip_bad, named otherwise."""
+    real = ingest_tasks._ingest_group
+
+    def dies_on_00003(item, settings, version_dir):
+        import json as _json
+        import os as _os
+
+        if any(t["subject"] == "BraTS2021_00003" for t in _json.loads(item["tasks"])):
+            _os._exit(1)
+        return real(item, settings, version_dir)
+
+    monkeypatch.setattr(ingest_tasks, "_ingest_group", dies_on_00003)
+    with pytest.raises(DataError, match=r"subject BraTS2021_00003: source file .*: the task reading this pair died.*\[worker_died\]"):
+        prepare_shards(tiny_cfg(tmp_path / "strict", "data.task_retries=1", "data.subjects_per_task=3"))
+    assert "died after 1 retries" in capsys.readouterr().out
+    cfg = tiny_cfg(tmp_path / "skip", "data.task_retries=0", "data.subjects_per_task=3", "data.skip_bad=true")
+    prepare_shards(cfg)
+    m = load_manifest(cfg)
+    assert [e["kind"] for e in m["skipped"]] == ["worker_died"]
+    assert sum(s["subjects"] for s in m["splits"].values()) == 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,18 @@ def test_failure_settings_reach_ray_trains_failure_config():
     assert build_run_config(load_config(None, [])).failure_config.controller_failure_limit == -1
     with pytest.raises(ConfigError, match="controller_failure_limit"):
         load_config(None, ["train.controller_failure_limit=-2"])
+
+
+@pytest.mark.parametrize("override", ["tune.experiment_name=..", "train.run_name=../..", "study.name=.", "study.name=a/b",
+                                      "tracking.experiment_name=it's", "tracking.registered_model_name=m`x", "train.run_name=a..b"])
+def test_names_that_become_folders_or_mlflow_filters_are_refused(override):
+    """Issue 22 (low): ``..`` as a folder name deleted a parent on resume=false / --restart; a ``'``
+    broke MLflow filter strings."""
+    field = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{re.escape(field)}.*not a safe name"):
+        load_config(None, [override])
+
+
+def test_usual_names_still_load():
+    cfg = load_config(None, ["tune.experiment_name=brats_t1t2-steps", "train.run_name=rf.v2", "study.name=Study_01"])
+    assert cfg.tune.experiment_name == "brats_t1t2-steps" and cfg.study.name == "Study_01"

@@ -84,3 +84,24 @@ def test_bad_roots(tmp_path):
     (tmp_path / "h.csv").write_text("id,a\n1,2\n")
     with pytest.raises(LayoutError, match="header"):
         discover("csv", str(tmp_path / "h.csv"), "source", "target", "brain")
+
+
+def test_csv_rows_outside_the_csvs_folder_are_refused_unless_allowed(tmp_path, brats):
+    """Issue 22 (low): a CSV cannot make the ingest read any file the job can reach."""
+    from bidpm.config import load_config
+
+    t1 = brats / "BraTS2021_00000" / "BraTS2021_00000_t1.nii.gz"
+    inside = tmp_path / "data"
+    inside.mkdir()
+    shutil.copy(t1, inside / "a.nii.gz")
+    (inside / "link.nii.gz").symlink_to(t1)
+    csv = inside / "pairs.csv"
+    csv.write_text(f"subject,source,target\nok,a.nii.gz,a.nii.gz\nabs,{t1},a.nii.gz\nup,../x.nii.gz,a.nii.gz\n"
+                   "link,link.nii.gz,a.nii.gz\n")
+    subs = {s.subject: s for s in discover("csv", str(csv), "source", "target", "brain", allow_outside_root=False)}
+    assert subs["ok"].problem is None
+    for sid in ("abs", "up", "link"):
+        assert subs[sid].problem.kind == "outside_root" and "data.allow_outside_root=true" in subs[sid].problem.fix
+    allowed = {s.subject: s for s in discover("csv", str(csv), "source", "target", "brain", allow_outside_root=True)}
+    assert allowed["abs"].problem is None and allowed["link"].problem is None
+    assert load_config(None, []).data.allow_outside_root is False  # the ingest's default

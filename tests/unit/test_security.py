@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import json
 import pickle
 import re
 from pathlib import Path
@@ -159,6 +160,40 @@ def test_salt_from_the_environment(monkeypatch):
     monkeypatch.setenv(SALT_ENV, "a-different-salt")
     assert config_from_dict(cfg.to_dict()).data.salt_digest == rebuilt.data.salt_digest
     assert config_from_dict(cfg.to_dict()).data.known_salt() is None
+
+
+def test_real_layouts_refuse_the_default_or_a_short_salt(tmp_path, monkeypatch):
+    """Issue 22 item 6: real data is never pseudonymised with the public default (or under 128 bits);
+    phantoms keep the fixed default. The error says how to make and pass a salt."""
+    real = ["output_dir=/nonexistent/bidpm-security", "data.layout=brats", "data.root=/nonexistent/brats"]
+    with pytest.raises(ConfigError, match=r"data.layout=brats is real data and no salt is set.*openssl rand -hex 32"):
+        load_config(None, real).data.ingest_secrets()
+    with pytest.raises(ConfigError, match=r"the salt has 24 characters, under 32"):
+        load_config(None, [*real, f"data.pseudonym_salt={SALT}"]).data.ingest_secrets()
+    strong = "9f" * 16
+    assert load_config(None, [*real, f"data.pseudonym_salt={strong}"]).data.ingest_secrets() == strong
+    assert load_config(None, [*real, "data.pseudonymise=false"]).data.ingest_secrets() == "bidpm"  # no pseudonyms made
+    assert load_config(None, ["output_dir=/nonexistent/bidpm-security"]).data.ingest_secrets() == "bidpm"  # phantoms
+
+
+def test_salt_from_a_file_never_enters_a_dump(tmp_path):
+    strong = "a1" * 20
+    salt_file = tmp_path / "salt.txt"
+    salt_file.write_text(strong + "\n")
+    cfg = load_config(None, ["output_dir=/nonexistent/bidpm-security", "data.layout=brats", "data.root=/x",
+                             f"data.pseudonym_salt_file={salt_file}"])
+    assert cfg.data.salt_digest == salt_fingerprint(strong) and cfg.data.ingest_secrets() == strong
+    assert strong not in cfg.to_yaml() and strong.encode() not in pickle.dumps(cfg)
+    again = config_from_dict(cfg.to_dict())     # a worker that can read the file knows the salt again
+    assert again.data.known_salt() == strong
+    # same salt by file or by environment: the same shard folder
+    assert config_digest(cfg) == config_digest(load_config(None, ["output_dir=/nonexistent/bidpm-security", "data.layout=brats",
+                                                                  "data.root=/x", f"data.pseudonym_salt={strong}"]))
+    with pytest.raises(ConfigError, match=r"data.pseudonym_salt_file: cannot read .*missing.txt"):
+        load_config(None, [f"data.pseudonym_salt_file={tmp_path / 'missing.txt'}"])
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ConfigError, match=r"data.pseudonym_salt_file: .*empty.txt is empty"):
+        load_config(None, [f"data.pseudonym_salt_file={tmp_path / 'empty.txt'}"])
 
 
 def test_default_salt_configs_still_ingest_after_a_round_trip():
@@ -320,17 +355,18 @@ def test_mlflow_server_requires_authentication_with_credentials_from_secrets():
 
 
 def test_ray_pods_get_mlflow_credentials_from_the_secret():
-    server_secret = {e["valueFrom"]["secretKeyRef"]["name"] for e in
-                     _mlflow_docs()["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
-                     if e["name"].startswith("MLFLOW_AUTH_ADMIN")}
+    """Issue 22 item 10: the Ray pods log as the non-admin run user the server's pod creates; never as the admin."""
+    pod = _mlflow_docs()["Deployment"]["spec"]["template"]["spec"]
+    admin = {e["valueFrom"]["secretKeyRef"]["name"] for e in pod["containers"][0]["env"]
+             if e["name"].startswith("MLFLOW_AUTH_ADMIN")}
+    run_user = {e["valueFrom"]["secretKeyRef"]["name"] for c in pod.get("initContainers", [])
+                for e in c.get("env", []) if e["name"].startswith("BIDPM_MLFLOW_RUN_")}
+    assert admin and run_user and not admin & run_user
     for what, _, tpl in _pod_templates():
         for c in tpl["spec"]["containers"]:
             env = {e["name"]: e for e in c.get("env", [])}
             for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-                assert env[name]["valueFrom"]["secretKeyRef"]["name"] in server_secret, f"{what}: {name}"
-
-
-_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|PRIVATE|ACCESS_KEY|API_KEY", re.IGNORECASE)
+                assert env[name]["valueFrom"]["secretKeyRef"]["name"] in run_user, f"{what}: {name}"
 
 
 def _env_entries(node: Any) -> Iterator[dict[str, Any]]:
@@ -342,6 +378,9 @@ def _env_entries(node: Any) -> Iterator[dict[str, Any]]:
     elif isinstance(node, list):
         for v in node:
             yield from _env_entries(v)
+
+
+_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|PRIVATE|ACCESS_KEY|API_KEY", re.IGNORECASE)
 
 
 def test_no_secrets_in_cluster_yaml_and_services_stay_internal():
@@ -393,3 +432,23 @@ def test_secrets_given_on_the_command_line_are_echoed_nowhere(monkeypatch):
     cmd = rerun_command(["jobs/study.py", "--config", "c.yaml", f"data.pseudonym_salt={salt}", "train.epochs=3",
                          f"tracking.tracking_uri=https://u:{pw}@h"])
     assert salt not in cmd and pw not in cmd and "train.epochs=3" in cmd and "data.pseudonym_salt=<redacted>" in cmd
+
+
+def test_a_skipped_subjects_problem_text_and_path_stay_out_of_the_manifest():
+    """Issue 22 item 7: readers' messages quote the full path; a pseudonymised manifest keeps the
+    category, the role and the pseudonym only (the console report has the text)."""
+    from bidpm.data.manifest import build_manifest
+    from bidpm.data.skipped import skipped_report
+
+    path = "/data/Smith_John/Smith_John_t1.nii.gz"
+    bad = [{"pseudonym": "sub-0123456789abcdef", "kind": "unreadable", "role": "source", "location": path, "split": "train",
+            "problem": f"cannot be read (IOError: Failed to open local file '{path}'. Detail: [errno 13] Permission denied)"}]
+    cfg = load_config(None, ["output_dir=/nonexistent/bidpm-security"])
+    text = json.dumps(build_manifest(cfg, "v", [], {}, [], bad))
+    assert "Smith_John" not in text and "Permission denied" not in text
+    assert '"kind": "unreadable"' in text and "sub-0123456789abcdef" in text
+    # not pseudonymised (ids are not secret there): the text and the location are kept
+    plain = build_manifest(load_config(None, ["output_dir=/nonexistent/bidpm-security", "data.pseudonymise=false"]), "v", [], {}, [], bad)
+    assert plain["skipped"][0]["problem"] == bad[0]["problem"] and plain["skipped"][0]["location"] == path
+    line = skipped_report(load_config(None, ["output_dir=/nonexistent/bidpm-security", "data.pseudonymise=false"]), plain)[0]
+    assert "Permission denied" in line and "[unreadable]" in line

@@ -250,3 +250,39 @@ def test_a_synthesis_with_non_finite_voxels_is_an_error_and_writes_nothing(phant
     with pytest.raises(SynthesisError, match=r"ct\.nii\.gz.*non-finite voxel.*nothing was written"):
         synthesize_volume(NaNField(), phantoms["ct"], cfg, "backward", output_path=out)
     assert not out.exists() and not list(tmp_path.iterdir())     # no output, no temp file
+
+
+def test_outputs_never_collide_or_replace_silently(tmp_path):
+    """Issue 22 (low): x_t1.nii and x_t1.nii.gz mapped to one output, and existing outputs were
+    overwritten without a word."""
+    from bidpm.config import ConfigError
+    from bidpm.data.inputs import output_paths
+
+    a, b = tmp_path / "in" / "x_t1.nii", tmp_path / "in" / "x_t1.nii.gz"
+    with pytest.raises(ConfigError, match=r"x_t1.nii and .*x_t1.nii.gz would both be written to .*x_t1_synth-t2.nii.gz"):
+        output_paths([a, b], tmp_path / "out", "t2")
+    (out,) = output_paths([b], tmp_path / "out", "t2")
+    assert out == tmp_path / "out" / "x_t1_synth-t2.nii.gz"
+    out.parent.mkdir(parents=True)
+    out.write_bytes(b"earlier result")
+    with pytest.raises(ConfigError, match=r"exist already; fix: pass --overwrite"):
+        output_paths([b], tmp_path / "out", "t2")
+    assert output_paths([b], tmp_path / "out", "t2", overwrite=True) == [out]
+
+
+def test_save_nifti_leaves_no_temp_file_when_the_disk_is_full(tmp_path, monkeypatch):
+    import errno
+
+    import nibabel as nib
+
+    from bidpm.io.nifti import save_nifti
+
+    def full(img, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(nib, "save", full)
+    with pytest.raises(OSError, match="No space left"):
+        save_nifti(tmp_path / "o.nii.gz", np.zeros((4, 4, 4), np.float32), np.eye(4))
+    assert list(tmp_path.iterdir()) == []

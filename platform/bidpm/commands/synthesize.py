@@ -55,6 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--mr-range", help="LOW,HIGH that MR outputs map [-1, 1] to (default 0,1000)")
     parser.add_argument("--batch-size", type=int, default=32, help="slices per forward pass (default 32)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist already (default: refuse)")
     cfg, args = parse_job_args(parser, argv)
     return run_synthesis(cfg, args)
 
@@ -73,7 +74,7 @@ def run_synthesis(cfg, args) -> int:
     model_cfg, what = model.cfg, model.origin
     in_mod, out_mod = modalities_for(model_cfg, args.direction)
     inputs = resolve_inputs(args.input, in_mod, out_mod, args.direction)
-    outputs = output_paths(inputs, Path(args.output), out_mod)
+    outputs = output_paths(inputs, Path(args.output), out_mod, getattr(args, "overwrite", False))
     out_p = output_params(model_cfg, out_mod)
     if args.mr_range:
         if out_mod in model_cfg.data.ct_modalities:

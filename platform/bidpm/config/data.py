@@ -10,24 +10,12 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from .base import ConfigError, Section
+from .salt import DEFAULT_SALT, SALT_ENV, check_salt_strength, read_salt_file, salt_fingerprint
 
 # Modality names each layout knows (file stems). ``csv`` and ``phantom`` add their own below.
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 SYNTHRAD_MODALITIES = ("mr", "ct")
 DEFAULT_MODALITIES = {"brats": ("t1", "t2"), "synthrad": ("mr", "ct"), "csv": ("source", "target")}
-
-# The pseudonym salt is a secret: with it, anyone holding a list of candidate ids can re-derive every
-# pseudonym. It never leaves the ingest: the field is excluded from every dump (``Config.to_dict`` /
-# ``to_yaml`` / ``flat``: MLflow params, resolved configs, checkpoints, registered models, Ray trial
-# configs), which carry only its digest. Give it through the environment, never in a YAML file.
-DEFAULT_SALT = "bidpm"
-SALT_ENV = "BIDPM_PSEUDONYM_SALT"
-
-
-def salt_fingerprint(salt: str) -> str:
-    """sha256[:16] of the salt: what configs carry (it changes the shard folder when the salt changes).
-    Use a long random salt (``openssl rand -hex 32``): a short one could be guessed from this digest."""
-    return hashlib.sha256(salt.encode()).hexdigest()[:16]
 
 
 class PhantomConfig(Section):
@@ -128,8 +116,14 @@ class DataConfig(Section):
         None, exclude=True, repr=False,
         description=f"secret: with it, ids can be re-derived. Set ${SALT_ENV} (never in YAML); unset = "
                     f"{DEFAULT_SALT!r}. Excluded from every dump (params, configs, checkpoints, models)")
+    pseudonym_salt_file: Optional[str] = Field(
+        None, description=f"a file holding the salt (first line; readable by you only): the path is not secret, "
+                          f"the salt never appears in a command line, the dashboard or a RayJob. Wins over ${SALT_ENV}")
     salt_digest: Optional[str] = Field(None, description="derived (do not set): salt_fingerprint of the salt")
     skip_bad: bool = False
+    allow_outside_root: bool = Field(
+        False, description="csv layout: allow rows naming files outside the CSV's folder (absolute paths, '..'); "
+                           "off, such a row is that subject's outside_root problem")
     row_group_rows: int = Field(64, ge=1, description="Parquet row-group size (rows) - the unit readers stream")
     num_workers: Optional[int] = Field(
         None, ge=1,
@@ -137,6 +131,20 @@ class DataConfig(Section):
                     "driver hands out each next task only after reaping a finished one, measured 0.1-1.4 s idle per task "
                     "on a busy 2-core driver; unset, every task is queued in Ray at once)")
     cpus_per_task: float = Field(1.0, gt=0.0)
+    max_volume_bytes: int = Field(
+        2 * 1024**3, ge=1024**2,
+        description="largest volume a file may be or declare (its file, its inflated bytes, its voxels as float32), "
+                    "checked from the header before anything is allocated: a crafted 1 KB header or a gzip bomb is "
+                    "refused at this size. Default 2 GiB fits a 512x512x1024 CT; a reading task may need about 2x this")
+    task_memory_bytes: int = Field(
+        1024**3, ge=0,
+        description="memory Ray reserves for each ingest task (one volume pair in memory at a time), so a node runs "
+                    "only as many as fit; 1 GiB holds a BraTS or SynthRAD pair, raise it for large CT (0 = no reservation)")
+    task_retries: int = Field(
+        2, ge=0,
+        description="retries of an ingest task whose process died (out of memory, node lost); Ray Data's default "
+                    "retries forever. After them the subjects of that task are read one per task, and the one whose "
+                    "task dies again is reported as that subject's error")
     subjects_per_task: Optional[int] = Field(
         None, ge=1, description="volume pairs one ingest task processes in turn (memory: still one pair at a time); "
         "unset = enough for about 4 tasks per worker, which amortises Ray Data's per-task cost")
@@ -184,7 +192,8 @@ class DataConfig(Section):
         if self.pseudonym_salt is not None:
             object.__setattr__(self, "salt_digest", salt_fingerprint(self.pseudonym_salt))
         elif self.salt_digest is None:
-            object.__setattr__(self, "salt_digest", salt_fingerprint(os.environ.get(SALT_ENV) or DEFAULT_SALT))
+            found = self._salt_from_file() if self.pseudonym_salt_file else os.environ.get(SALT_ENV)
+            object.__setattr__(self, "salt_digest", salt_fingerprint(found or DEFAULT_SALT))
         lists = self.split.explicit_lists()
         if lists is not None:
             salt = self.known_salt()
@@ -207,18 +216,25 @@ class DataConfig(Section):
         matches ``salt_digest``), else None."""
         if self.pseudonym_salt is not None:
             return self.pseudonym_salt
-        for candidate in (os.environ.get(SALT_ENV), DEFAULT_SALT):
+        from_file = self._salt_from_file() if self.pseudonym_salt_file and os.path.isfile(self.pseudonym_salt_file) else None
+        for candidate in (from_file, os.environ.get(SALT_ENV), DEFAULT_SALT):
             if candidate and salt_fingerprint(candidate) == self.salt_digest:
                 return candidate
         return None
 
+    def _salt_from_file(self) -> str:
+        return read_salt_file(str(self.pseudonym_salt_file))
+
     def ingest_secrets(self) -> str:
         """The salt for a fresh ingest, after checking the subject lists are here too; a clear error when
-        this config was rebuilt from a dump (which holds neither)."""
+        this config was rebuilt from a dump (which holds neither), or when real data (any layout but
+        ``phantom``) would be pseudonymised with the public default or a salt under 128 bits."""
         salt = self.known_salt()
         if salt is None:
             raise ConfigError(f"data.pseudonym_salt: this config carries only the salt's digest ({self.salt_digest}); "
-                              f"ingest needs the salt itself: set ${SALT_ENV} (or data.pseudonym_salt=...)")
+                              f"ingest needs the salt itself: set ${SALT_ENV} (or data.pseudonym_salt_file=...)")
+        if self.layout != "phantom" and self.pseudonymise:
+            check_salt_strength(salt, self.layout)
         if self.split.subjects_digest is not None and self.split.explicit_lists() is None:
             raise ConfigError("data.split: this config carries only the digest of explicit subject lists; ingest needs "
                               "the lists themselves: pass data.split.{train,val,test}_subjects as in the original config")

@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import Section
+from .base import SafeName, Section
 
 StudyMethodName = Literal["bidpm", "rf", "icfm", "otcfm", "vpcfm", "cyclegan"]
 
@@ -53,7 +53,7 @@ class StudyConfig(Section):
     unset = as many cells as the cluster's CPUs and GPUs fit at once (at least 1).
     """
 
-    name: str = Field("study", min_length=1, description="study folder <train.storage_path>/<name>; a new name starts a new study")
+    name: SafeName = Field("study", description="study folder <train.storage_path>/<name>; a new name starts a new study")
     methods: list[StudyMethod] = Field(default_factory=list)
     pairing_ratios: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.1, 0.01])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from ..io.storage import check_no_credentials
-from .base import Section
+from .base import SafeName, Section
 
 DEFAULT_MAX_FAILURES = 3  # worker-group restarts from the last checkpoint (preemptible nodes: the common case)
 
@@ -80,7 +80,7 @@ class TrainConfig(Section):
     checkpoint_score: str = Field("val/ssim_mean", description="reported metric that ranks checkpoints for retention")
     checkpoint_score_mode: Literal["max", "min"] = "max"
     storage_path: str = Field("ray_results", description="relative paths resolve under output_dir; URIs kept as is")
-    run_name: str = "bidpm-train"
+    run_name: SafeName = "bidpm-train"
     max_failures: int = Field(
         DEFAULT_MAX_FAILURES, ge=-1,
         description="how often Ray Train restarts a failed worker group (a killed worker, a lost node) from the last "

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from .base import Section
+from .base import SafeName, Section
 
 _RANGES = ("warp_gamma", "end_weight", "interior_weight", "lambda_unpaired", "mmd_bandwidth_scale", "lr")
 _LOG_RANGES = ("lambda_unpaired", "lr", "warp_gamma", "mmd_bandwidth_scale")
@@ -75,7 +75,7 @@ class TuneConfig(Section):
     function holds on top of that.
     """
 
-    experiment_name: str = "bidpm-tune"
+    experiment_name: SafeName = "bidpm-tune"
     num_samples: int = Field(8, ge=1)
     max_concurrent_trials: int = Field(1, ge=1)
     metric: str = Field("val/ssim_mean", description="reported metric to optimise")

@@ -61,10 +61,25 @@ def resolve_inputs(specs: Sequence[str], in_mod: str, out_mod: str, direction: s
     return unique
 
 
-def output_paths(inputs: Sequence[Path], output_dir: Path, out_mod: str) -> list[Path]:
-    """Mirror each input's folder below the inputs' common folder (SynthRAD subjects all hold ``mr.nii.gz``)."""
+def output_paths(inputs: Sequence[Path], output_dir: Path, out_mod: str, overwrite: bool = False) -> list[Path]:
+    """Mirror each input's folder below the inputs' common folder (SynthRAD subjects all hold ``mr.nii.gz``).
+
+    Refused before any work: two inputs that map to one output (``x_t1.nii`` and ``x_t1.nii.gz``), and
+    outputs that exist already unless ``overwrite`` (``--overwrite``): a rerun never replaces results silently."""
     base = Path(_common(inputs))
-    return [output_dir / f.parent.relative_to(base) / f"{nifti_stem(f)}_synth-{out_mod}.nii.gz" for f in inputs]
+    outs = [output_dir / f.parent.relative_to(base) / f"{nifti_stem(f)}_synth-{out_mod}.nii.gz" for f in inputs]
+    first: dict[Path, Path] = {}
+    for src, dst in zip(inputs, outs):
+        if dst in first:
+            raise ConfigError(f"--input: {first[dst]} and {src} would both be written to {dst}; "
+                              f"fix: synthesise them in two runs with different --output folders, or rename one")
+        first[dst] = src
+    existing = [d for d in outs if d.exists()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise ConfigError(f"--output: {existing[0]}{more} exist already; fix: pass --overwrite to replace them, "
+                          f"or choose another --output folder")
+    return outs
 
 
 def _common(paths: Sequence[Path]) -> str:

@@ -117,7 +117,16 @@ def discover_synthrad(root: str, region: str, source: str, target: str) -> list[
     return out
 
 
-def discover_csv(path: str) -> list[SubjectFiles]:
+def _inside(loc: str, base: str) -> bool:
+    if storage.is_uri(loc) or storage.is_uri(base):
+        return loc.startswith(base.rstrip("/") + "/")
+    return os.path.commonpath([os.path.realpath(loc), os.path.realpath(base)]) == os.path.realpath(base)
+
+
+def discover_csv(path: str, allow_outside_root: bool = True) -> list[SubjectFiles]:
+    """``allow_outside_root=False`` (``data.allow_outside_root``' default): a row naming a file outside the
+    CSV's own folder (absolute, ``..``, a symlink out) is that subject's ``outside_root`` problem, so a CSV
+    cannot make the ingest read arbitrary files the job can reach."""
     if not storage.is_file(path):
         raise LayoutError(f"data.root: CSV manifest {path} does not exist; fix: point data.root to a CSV with header subject,source,target[,mask]")
     text = storage.read_bytes(path).decode("utf-8-sig")
@@ -142,6 +151,9 @@ def discover_csv(path: str) -> list[SubjectFiles]:
                 continue
             loc = p if (storage.is_uri(p) or os.path.isabs(p)) else storage.join(base, p)
             paths[role] = loc
+            if problem is None and not allow_outside_root and not _inside(loc, base):
+                problem = Problem("outside_root", role, loc, f"is outside the CSV's folder {base}",
+                                  f"move the file below {base}, or set data.allow_outside_root=true if the CSV is yours")
             if problem is None and not storage.is_file(loc):
                 problem = Problem("missing_file", role, loc, "file does not exist", f"fix the {role} path in {path} line {i} or set data.skip_bad=true")
         out.append(SubjectFiles(sid, paths["source"], paths["target"], paths["mask"], problem))
@@ -162,14 +174,15 @@ def mark_duplicates(subjects: list[SubjectFiles]) -> list[SubjectFiles]:
     return out
 
 
-def discover(layout: str, root: str, source: str, target: str, region: str) -> list[SubjectFiles]:
+def discover(layout: str, root: str, source: str, target: str, region: str, *,
+             allow_outside_root: bool = True) -> list[SubjectFiles]:
     """Subject table of a dataset; raises ``LayoutError`` when the root is unusable or holds no subjects."""
     if layout == "brats":
         subjects = discover_brats(root, source, target)
     elif layout == "synthrad":
         subjects = discover_synthrad(root, region, source, target)
     elif layout == "csv":
-        subjects = discover_csv(root)
+        subjects = discover_csv(root, allow_outside_root)
     else:
         raise LayoutError(f"data.layout: unknown layout {layout!r}; use brats, synthrad, csv or phantom")
     if not subjects:

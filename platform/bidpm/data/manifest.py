@@ -30,7 +30,12 @@ CURRENT = "CURRENT.json"
 PREPARE_HINT = "python jobs/prepare_data.py --config <your config>"
 
 # Data settings that do not change shard content (read-time, scheduling or where the shards live).
-_NOT_CONTENT = {"pairing_ratio", "pairing_seed", "train_fraction", "skip_bad", "num_workers", "cpus_per_task", "subjects_per_task", "shards_dir"}
+# Settings that do not change the rows of a shard. The ingest's resource limits are among them:
+# ``max_volume_bytes`` only decides whether a crafted or oversized file is read at all (a subject it
+# refused is skipped, never half-read), so shards made before the limit existed keep their folder.
+_NOT_CONTENT = {"pairing_ratio", "pairing_seed", "train_fraction", "skip_bad", "num_workers", "cpus_per_task", "subjects_per_task",
+                "shards_dir", "max_volume_bytes", "task_memory_bytes", "task_retries", "pseudonym_salt_file",
+                "allow_outside_root"}
 
 
 class DataError(RuntimeError):
@@ -126,10 +131,26 @@ def manifest_location(cfg) -> str:
     return loc
 
 
+_SHARD_PATH = re.compile(r"(train|val|test)/[A-Za-z0-9._-]+\.parquet")
+
+
 def read_manifest(location: str) -> dict:
+    """The manifest at ``location``, refused when it is of another schema, names a shard outside its
+    version folder (an absolute path or ``..``) or lists files other than its ``content_digest`` says.
+
+    What a reader is guaranteed (with ``readers``' per-file check): every row comes from a file inside
+    the version folder whose sha256 is the one listed here, and the list is the one ``content_digest``
+    (recorded in checkpoints and MLflow lineage) names. A writer able to rewrite the shards AND the
+    manifest consistently makes a new ``content_digest``: a resumed run then refuses the shards."""
     m = json.loads(storage.read_bytes(location))
     if m.get("schema_version") != SCHEMA_VERSION:
         raise DataError(f"{location}: shard schema version {m.get('schema_version')} != {SCHEMA_VERSION} of this code; fix: rerun jobs/prepare_data.py")
+    fix = "the manifest was edited or damaged; rebuild the shards into a fresh data.shards_dir"
+    for f in m.get("files", []):
+        if not _SHARD_PATH.fullmatch(str(f.get("path"))):
+            raise DataError(f"{location}: shard path {f.get('path')!r} is not <split>/<file>.parquet inside its version folder; fix: {fix}")
+    if m.get("content_digest") and m["content_digest"] != content_digest(m.get("files", [])):
+        raise DataError(f"{location}: its file list does not match its content_digest; fix: {fix}")
     return m
 
 
@@ -193,9 +214,11 @@ def build_manifest(cfg, version: str, subjects: list[SubjectFiles], assignment: 
         "unassigned_subjects": sum(1 for s in subjects if assignment[s.subject] is None),
         "files": files,
         "volumes": {r["pseudonym"]: json.loads(r["meta"]) for r in good},
+        # Pseudonymised: a category, the role and the pseudonym only. The problem's text is the console's:
+        # readers' and object stores' messages quote the full path (``.../Smith_John.nii.gz``).
         "skipped": [
-            {"subject": r["pseudonym"], "kind": r["kind"], "role": r["role"], "problem": r["problem"],
-             **({} if d.pseudonymise else {"location": r["location"]})}
+            {"subject": r["pseudonym"], "kind": r["kind"], "role": r["role"],
+             **({} if d.pseudonymise else {"problem": r["problem"], "location": r["location"]})}
             for r in sorted(bad, key=lambda r: r["pseudonym"])
         ],
         "content_digest": content_digest(files),

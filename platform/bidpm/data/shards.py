@@ -10,61 +10,27 @@ is written last, atomically; then the CURRENT pointer. Why tasks write their own
 ``Dataset.write_parquet``: the file names are then deterministic (one per subject), so the content
 digest is reproducible and the volume metadata arrives with the rows' file, in the same pass.
 
-The manifest's content is ``manifest.build_manifest``; reading the shards back is ``readers``.
+The tasks themselves (groups, retries, memory, a task that dies) are ``ingest_tasks``; the manifest's
+content is ``manifest.build_manifest``; reading the shards back is ``readers``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import traceback
-from functools import partial
 from pathlib import Path
-from typing import Optional
 
 import pyarrow as pa
 
 from ..io import storage
-from .layouts import LayoutError, Problem, SubjectFiles, discover
+from ..io.lease import folder_lease
+from .layouts import LayoutError, SubjectFiles, discover
 from .manifest import (
     CURRENT, MANIFEST, DataError, build_manifest, input_digest, input_root_location, pseudonym, read_manifest, version_base,
 )
 from .split import SPLITS, assign_splits
-from .volume import SliceSettings, VolumeError, slice_table, write_table
-
-_RESULT_KEYS = ("subject", "pseudonym", "split", "file", "rows", "sha256", "meta", "kind", "role", "location", "problem", "fix", "fatal")
-
-
-# --------------------------------------------------------------------------------------------- ingest
-def _result(task: dict, **kw) -> dict:
-    out = {k: "" for k in _RESULT_KEYS}
-    out.update(rows=0, fatal=False, subject=task["subject"], pseudonym=task["pseudonym"], split=task["split"])
-    out.update(kw)
-    return out
-
-
-def _ingest_one(task: dict, settings: SliceSettings, version_dir: str) -> dict:
-    """One subject pair -> one Parquet file. Returns a small result row (never raises for bad input)."""
-    problem = json.loads(task["problem"]) if task["problem"] else None
-    rec = SubjectFiles(task["subject"], task["source"] or None, task["target"] or None, task["mask"] or None,
-                       Problem(**problem) if problem else None)
-    try:
-        table, meta = slice_table(rec, task["pseudonym"], task["split"], settings)
-    except VolumeError as exc:
-        p = exc.problem
-        return _result(task, kind=p.kind, role=p.role, location=p.location, problem=p.problem, fix=p.fix)
-    except Exception as exc:  # an unforeseen reader failure is still a per-subject, skippable problem
-        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return _result(task, kind="unexpected_error", role="source", location=task["source"], problem=last,
-                       fix="inspect the files of this subject; report a bug if they are valid")
-    rel = f"{task['split']}/{task['pseudonym']}.parquet"
-    try:
-        rows, sha = write_table(table, storage.join(version_dir, rel), settings.row_group_rows)
-    except OSError as exc:
-        return _result(task, kind="unwritable_output", role="output", location=storage.join(version_dir, rel),
-                       problem=f"cannot write ({exc})", fix="set data.shards_dir to a writable location with free space", fatal=True)
-    return _result(task, file=rel, rows=rows, sha256=sha, meta=json.dumps(meta))
-
+from .ingest_tasks import run_tasks
+from .volume import SliceSettings
 
 def _check_writable(location: str) -> None:
     probe = storage.join(location, f".write-probe-{time.time_ns()}")
@@ -109,47 +75,6 @@ def _write_record(location: str, data: bytes, version_dir: str) -> None:
                         f"fix: free space there or set data.shards_dir to a writable location, then rerun") from None
 
 
-def _ingest_group(item: dict, settings: SliceSettings, version_dir: str) -> list[dict]:
-    """Several subjects, one after the other (one pair in memory at a time) -> their result rows."""
-    return [_ingest_one(task, settings, version_dir) for task in json.loads(item["tasks"])]
-
-
-def task_groups(tasks: list[dict], subjects_per_task: Optional[int], workers: int) -> list[list[dict]]:
-    """Split the subject list into consecutive groups, one Ray Data task each.
-
-    Why groups: a Ray Data task costs ~20 ms of scheduling and object-store traffic, about as much as
-    ingesting one small phantom pair, and with one subject per task two workers ran no faster than
-    one on 2 cores. Unset ``subjects_per_task`` = about 4 tasks per worker (load balance vs overhead).
-    """
-    if not tasks:
-        return []
-    size = subjects_per_task or max(1, -(-len(tasks) // (4 * max(1, workers))))
-    return [tasks[i:i + size] for i in range(0, len(tasks), size)]
-
-
-def _run_tasks(tasks: list[dict], settings: SliceSettings, version_dir: str, d) -> list[dict]:
-    import ray
-
-    workers = d.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1) // d.cpus_per_task))
-    groups = [{"tasks": json.dumps(g)} for g in task_groups(tasks, d.subjects_per_task, workers)]
-    ds = ray.data.from_items(groups, override_num_blocks=max(1, len(groups)))
-    ds = ds.flat_map(  # TaskPoolStrategy: ``concurrency=`` is deprecated since Ray 2.51
-        partial(_ingest_group, settings=settings, version_dir=version_dir),
-        num_cpus=d.cpus_per_task,
-        compute=ray.data.TaskPoolStrategy(size=d.num_workers),
-    )
-    # This Dataset's own context (a copy; the driver's global DataContext is untouched): no
-    # per-operator resource reservation. Ray Data 2.60's reservation allocator starts from zero
-    # cluster limits, learns them asynchronously and refreshes them once a second, so it ran one task
-    # at a time for the first ~1.1 s of every ingest, then left a worker idle 0.1-0.2 s between tasks
-    # whenever two ran (measured: 12 x 0.4 s tasks on 2 workers took 3.8 s with it, 2.6 s without;
-    # second worker's first task at 1.1 s vs 0.04 s). The allocator balances CPU and object store
-    # between operators; this pipeline is one operator whose outputs are a few hundred bytes per
-    # subject, and TaskPoolStrategy still caps it at num_workers tasks.
-    ds.context.op_resource_reservation_enabled = False
-    return ds.take_all()
-
-
 def _format_errors(bad: list[dict]) -> str:
     lines = [
         f"  subject {r['subject']}: {r['role']} file {r['location']}: {r['problem']}; fix: {r['fix']} [{r['kind']}]"
@@ -172,7 +97,7 @@ def prepare_shards(cfg) -> Path | str:
     root = input_root_location(cfg)
     src_mod, tgt_mod = d.modalities
     try:
-        subjects = discover(d.reader_layout, root, src_mod, tgt_mod, d.reader_region)
+        subjects = discover(d.reader_layout, root, src_mod, tgt_mod, d.reader_region, allow_outside_root=d.allow_outside_root)
     except LayoutError as exc:
         raise DataError(str(exc)) from None
     base = version_base(cfg)
@@ -182,13 +107,27 @@ def prepare_shards(cfg) -> Path | str:
     _check_writable(cfg.shards_path)
 
     if storage.is_file(manifest_loc):  # same config, same inputs: nothing to do
-        m = read_manifest(manifest_loc)
-        if m["skipped"] and not d.skip_bad:
-            raise DataError(f"{manifest_loc} was built with data.skip_bad=true and skipped {len(m['skipped'])} subjects; "
-                            "fix: set data.skip_bad=true to use it, or repair the inputs")
-        _write_record(storage.join(base, CURRENT), json.dumps({"version": version}).encode(), version_dir)
-        return _as_return(manifest_loc)
+        return _reuse(cfg, manifest_loc, base, version, version_dir)
+    # One ingest per version folder (a second one waits, then uses the first one's shards): the
+    # removal of an unfinished folder below would otherwise delete a running ingest's files.
+    with folder_lease(version_dir, "ingest (jobs/prepare_data.py or a run's first use)", wait=True):
+        if storage.is_file(manifest_loc):
+            return _reuse(cfg, manifest_loc, base, version, version_dir)
+        return _ingest(cfg, subjects, root, base, version, version_dir, manifest_loc)
 
+
+def _reuse(cfg, manifest_loc: str, base: str, version: str, version_dir: str) -> Path | str:
+    m = read_manifest(manifest_loc)
+    if m["skipped"] and not cfg.data.skip_bad:
+        raise DataError(f"{manifest_loc} was built with data.skip_bad=true and skipped {len(m['skipped'])} subjects; "
+                        "fix: set data.skip_bad=true to use it, or repair the inputs")
+    _write_record(storage.join(base, CURRENT), json.dumps({"version": version}).encode(), version_dir)
+    return _as_return(manifest_loc)
+
+
+def _ingest(cfg, subjects: list[SubjectFiles], root: str, base: str, version: str, version_dir: str,
+            manifest_loc: str) -> Path | str:
+    d = cfg.data
     # A fresh ingest: only here are the salt and the explicit subject lists needed (a config rebuilt
     # from a dump carries their digests only, enough to find existing shards above).
     salt = d.ingest_secrets()
@@ -216,7 +155,7 @@ def prepare_shards(cfg) -> Path | str:
          "split": assignment[s.subject]}
         for s in subjects if assignment[s.subject] is not None
     ]
-    results = _run_tasks(tasks, SliceSettings.from_data_config(d), version_dir, d)
+    results = run_tasks(tasks, SliceSettings.from_data_config(d), version_dir, d)
     bad = [r for r in results if r["kind"]]
     fatal = [r for r in bad if r["fatal"]]
     if fatal or (bad and not d.skip_bad):

@@ -28,7 +28,8 @@ def skipped_report(cfg, manifest: dict) -> list[str]:
     else:
         try:
             src_mod, tgt_mod = d.modalities
-            found = discover(d.reader_layout, input_root_location(cfg), src_mod, tgt_mod, d.reader_region)
+            found = discover(d.reader_layout, input_root_location(cfg), src_mod, tgt_mod, d.reader_region,
+                             allow_outside_root=d.allow_outside_root)
         except (LayoutError, DataError, OSError) as exc:
             found, note = [], [f"  (inputs not listable for original ids: {exc})"]
         by_name = {pseudonym(s.subject, salt, d.pseudonymise): s for s in found}
@@ -37,9 +38,13 @@ def skipped_report(cfg, manifest: dict) -> list[str]:
         s = by_name.get(e["subject"])
         if s is None:
             where = f" file {e['location']}" if e.get("location") else ""
-            lines.append(f"  skipped {e['subject']}: {e['role']}{where}: {e['problem']} [{e['kind']}]")
+            lines.append(f"  skipped {e['subject']}: {e['role']}{where}: {_problem(e)}")
             continue
         loc = s.problem.location if s.problem else (getattr(s, e["role"], None) or e.get("location") or "?")
-        lines.append(f"  skipped subject {s.subject} (pseudonym {e['subject']}): {e['role']} file {loc}: "
-                     f"{e['problem']} [{e['kind']}]")
+        lines.append(f"  skipped subject {s.subject} (pseudonym {e['subject']}): {e['role']} file {loc}: {_problem(e)}")
     return lines + note
+
+
+def _problem(entry: dict) -> str:
+    """A pseudonymised manifest keeps the category only (``build_manifest``); the ingest printed the text."""
+    return f"{entry['problem']} [{entry['kind']}]" if entry.get("problem") else f"[{entry['kind']}] (the ingest's log has the details)"

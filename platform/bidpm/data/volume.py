@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bidpm.io.nifti import NiftiError, Volume, from_memory_order, memory_order, read_volume
+from bidpm.io.nifti_guard import DEFAULT_MAX_BYTES, human_bytes, too_large
 
 from ..io import storage
 from .layouts import Problem, SubjectFiles
@@ -46,25 +47,31 @@ class SliceSettings:
     ct_modalities: tuple[str, ...]
     geometry_atol: float
     row_group_rows: int
+    max_volume_bytes: int = DEFAULT_MAX_BYTES
 
     @classmethod
     def from_data_config(cls, d) -> "SliceSettings":
         src, tgt = d.modalities
         return cls(src, tgt, tuple(d.image_size), d.slice_mode, d.num_slices, tuple(d.mr_percentiles),
-                   tuple(d.ct_window), tuple(d.ct_modalities), d.geometry_atol, d.row_group_rows)
+                   tuple(d.ct_window), tuple(d.ct_modalities), d.geometry_atol, d.row_group_rows, d.max_volume_bytes)
 
 
-def _read(subject: str, role: str, location: Optional[str], *, is_mask: bool = False) -> Volume:
+def _read(subject: str, role: str, location: Optional[str], max_bytes: int, *, is_mask: bool = False) -> Volume:
     if location is None:
         raise VolumeError(subject, Problem("missing_file", role, "?", "no file given", "provide the file"))
     try:
+        size = storage.info(location).size
+        if size is not None and size > max_bytes:  # before reading a byte of it
+            raise too_large(location, f"the file is {human_bytes(size)}", max_bytes)
         raw = storage.read_bytes(location)
     except FileNotFoundError:
         raise VolumeError(subject, Problem("missing_file", role, location, "file does not exist", "restore the file or set data.skip_bad=true")) from None
     except OSError as exc:
         raise VolumeError(subject, Problem("unreadable", role, location, f"cannot be read ({exc})", "check permissions / storage access")) from None
+    except NiftiError as exc:
+        raise VolumeError(subject, Problem(exc.kind, role, location, exc.problem, exc.fix)) from None
     try:
-        return read_volume(raw, location, check_constant=not is_mask)
+        return read_volume(raw, location, check_constant=not is_mask, max_bytes=max_bytes)
     except NiftiError as exc:
         raise VolumeError(subject, Problem(exc.kind, role, location, exc.problem, exc.fix)) from None
 
@@ -94,11 +101,11 @@ def load_pair(rec: SubjectFiles, s: SliceSettings) -> tuple[Volume, Volume, np.n
     """(source, target, mask (X, Y, Z) bool, mask origin "file" | "nonzero"); raises VolumeError."""
     if rec.problem is not None:
         raise VolumeError(rec.subject, rec.problem)
-    src = _read(rec.subject, "source", rec.source)
-    tgt = _read(rec.subject, "target", rec.target)
+    src = _read(rec.subject, "source", rec.source, s.max_volume_bytes)
+    tgt = _read(rec.subject, "target", rec.target, s.max_volume_bytes)
     _check_geometry(rec.subject, src, tgt, "target", rec.target or "?", s.geometry_atol)
     if rec.mask is not None:
-        m = _read(rec.subject, "mask", rec.mask, is_mask=True)
+        m = _read(rec.subject, "mask", rec.mask, s.max_volume_bytes, is_mask=True)
         _check_geometry(rec.subject, src, m, "mask", rec.mask, s.geometry_atol)
         mask, origin = m.data > 0, "file"
         if not mask.any():

@@ -98,6 +98,8 @@ def write_bytes_atomic(location: str, data: bytes) -> None:
     try:
         with fs.open_output_stream(tmp) as f:
             f.write(data)
+        if isinstance(fs, pafs.LocalFileSystem):
+            _fsync(tmp)                # the bytes are on disk before the rename publishes them
         fs.move(tmp, path)
     except BaseException:          # a full disk mid-write: no temp left behind (the target never appeared)
         try:
@@ -105,6 +107,16 @@ def write_bytes_atomic(location: str, data: bytes) -> None:
         except Exception:  # noqa: BLE001 - it may not exist; the original error is what matters
             pass
         raise
+
+
+def _fsync(path: str) -> None:
+    """Flush a local file to disk. Why: a manifest, checkpoint record or report renamed into place
+    before its bytes reach the disk can appear empty after a power loss, looking complete."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def download_dir(location: str, dest: str) -> None:

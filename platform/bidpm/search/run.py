@@ -24,6 +24,7 @@ from ..config import Config
 from ..io import storage
 from ..tune.experiment import ExperimentFailed, ExperimentRuns, check_finished, preflight
 from ..tune.mlflow import MLflowTrialCallback
+from ..io.lease import folder_lease
 from ..tune.names import also_known_as, experiment_dir
 from ..tune.names import trial_name as named
 from ..tune.reporter import progress_settings
@@ -94,32 +95,33 @@ def run_search(cfg: Config, *, print_fn: Callable[[str], Any] = print) -> Search
     name = cfg.tune.experiment_name
     found = preflight(cfg, registry=cfg.tracking.enabled and cfg.tracking.register_best)
     folder = experiment_dir(cfg, name)
-    if cfg.tune.resume:
-        done = load_finished(cfg)
-        if done is not None:
-            print_fn(f"study {name!r} already finished ({folder}); reporting it, nothing rerun "
-                     f"(choose a new tune.experiment_name or set tune.resume=false to run again)")
-            return done
-    elif storage.exists(folder):
-        print_fn(f"tune.resume=false: deleting the previous study folder {folder}")
-        storage.remove_tree(folder)
-    datasets = checked_datasets(cfg)                # one read (materialised) shared by every trial
-    runs = ExperimentRuns(cfg, name, folder, found, print_fn)
-    with runs.stopping_safely("the summary / registry step"):
-        runs.open(replace=not cfg.tune.resume)
-        callbacks = [runs.callback(SearchTrialCallback, cfg.to_dict())] if runs.parent else []
-        results = check_finished(_tuner(cfg, folder, datasets, callbacks, print_fn).fit(), cfg.tune.num_samples, folder)
-        out, best_cfg = _summarise(cfg, folder, results, print_fn)
-        out.parent_run_id = runs.parent
-        if runs.parent is not None:
-            # a trial whose end the callback never recorded (its driver died first) is ended as Tune saw it
-            runs.sweep("KILLED", {r["trial"]: "FAILED" if r["status"] == "error" else "FINISHED" for r in out.rows})
-            best = next(r for r in out.rows if r["trial"] == out.best_trial)
-            out.model_version, out.promotion = register_best(runs.client, cfg, best_cfg, runs.parent, out.rows, best, print_fn)
-            runs.finish()
-        record = {k: v for k, v in asdict(out).items() if k != "reused"}
-        storage.write_bytes_atomic(storage.join(folder, STUDY_FILE), json.dumps(record, indent=1, default=str).encode())
-    return out
+    with folder_lease(folder, f"search {name!r}"):     # one writer: a second search of this name is refused
+        if cfg.tune.resume:
+            done = load_finished(cfg)
+            if done is not None:
+                print_fn(f"study {name!r} already finished ({folder}); reporting it, nothing rerun "
+                         f"(choose a new tune.experiment_name or set tune.resume=false to run again)")
+                return done
+        elif storage.exists(folder):
+            print_fn(f"tune.resume=false: deleting the previous study folder {folder}")
+            storage.remove_tree(folder)
+        datasets = checked_datasets(cfg)                # one read (materialised) shared by every trial
+        runs = ExperimentRuns(cfg, name, folder, found, print_fn)
+        with runs.stopping_safely("the summary / registry step"):
+            runs.open(replace=not cfg.tune.resume)
+            callbacks = [runs.callback(SearchTrialCallback, cfg.to_dict())] if runs.parent else []
+            results = check_finished(_tuner(cfg, folder, datasets, callbacks, print_fn).fit(), cfg.tune.num_samples, folder)
+            out, best_cfg = _summarise(cfg, folder, results, print_fn)
+            out.parent_run_id = runs.parent
+            if runs.parent is not None:
+                # a trial whose end the callback never recorded (its driver died first) is ended as Tune saw it
+                runs.sweep("KILLED", {r["trial"]: "FAILED" if r["status"] == "error" else "FINISHED" for r in out.rows})
+                best = next(r for r in out.rows if r["trial"] == out.best_trial)
+                out.model_version, out.promotion = register_best(runs.client, cfg, best_cfg, runs.parent, out.rows, best, print_fn)
+                runs.finish()
+            record = {k: v for k, v in asdict(out).items() if k != "reused"}
+            storage.write_bytes_atomic(storage.join(folder, STUDY_FILE), json.dumps(record, indent=1, default=str).encode())
+        return out
 
 
 def _tuner(cfg: Config, folder: str, datasets: Any, callbacks: list[Any], print_fn: Callable[[str], Any]) -> Tuner:

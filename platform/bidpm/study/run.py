@@ -20,6 +20,7 @@ from ray import tune
 from ray.tune import RunConfig, TuneConfig, Tuner
 
 from ..config import Config
+from ..io.lease import folder_lease
 from ..tune.experiment import ExperimentRuns, check_finished, preflight
 from ..tune.mlflow import MLflowTrialCallback
 from ..tune.names import also_known_as
@@ -72,44 +73,45 @@ def run_study(cfg: Config) -> StudyResult:
     cells = expand_cells(cfg)
     found = preflight(cfg)                 # a cell larger than a fixed cluster would wait forever
     check_cells(cfg, cells, found.manifest)
-    check_spec(cfg)
     where = study_dir(cfg)
-    runs = ExperimentRuns(cfg, cfg.study.name, where, found)
-    with runs.stopping_safely("running the study"):
-        runs.open(kind="study-grid")
-        callbacks: list[Any] = [runs.callback(CellCallback, cfg.to_dict())] if runs.parent else []
-        callbacks.append(CellProgress(len(cells)))
-        trainable = tune.with_resources(tune.with_parameters(_cell_trial, base_cfg=cfg.to_dict()), {"cpu": cfg.tune.trial_cpus})
-        limit = concurrency(cfg, ray.cluster_resources(), cfg.study.max_concurrent_trials)
-        st = cfg.study
-        print(f"study {st.name!r}: {len(cells)} cells ({len(st.methods)} methods x {len(st.pairing_ratios)} ratios x "
-              f"{len(st.seeds)} seeds x {len(st.train_fractions)} fractions), up to {limit} at once; folder {where}", flush=True)
-        if Tuner.can_restore(where):
-            # Errored cells are not resumed here: Tune re-queues them all at once, past max_concurrent_trials,
-            # and their Train runs then starve each other; they are retried below under the limit.
-            print(f"restoring {where}: finished cells kept, interrupted ones resumed", flush=True)
-            check_finished(Tuner.restore(where, trainable, resume_unfinished=True, resume_errored=False,
-                                         restart_errored=False).fit(), 0, where)
-        else:
-            check_finished(_tuner(cfg, trainable, [c.id for c in cells], st.name, callbacks, limit).fit(), len(cells), where)
-        missing = _unscored(cfg, cells)
-        if missing and Tuner.can_restore(where) and st.retry_failed:
-            name = f"{st.name}-retry-{time.strftime('%Y%m%d-%H%M%S')}"
-            print(f"retrying {len(missing)} cell(s) without scores as {name}: {', '.join(missing)}", flush=True)
-            check_finished(_tuner(cfg, trainable, missing, name, callbacks, limit).fit(), len(missing), where)
-        scored = {c.id: read_cell(cfg, c.id) for c in cells}
-        missing = [i for i, r in scored.items() if r is None]
-        done = [r for r in scored.values() if r is not None]
-        # cells whose end no callback recorded (a killed driver): as their scores say
-        runs.sweep("FAILED", {f"cell_{d['cell']['id']}": "FINISHED" for d in done})
-        out = StudyResult(where, done, missing, parent_run_id=runs.parent)
-        if missing:
-            print(f"\n{len(missing)} cell(s) have no scores (failed: see the messages above): {', '.join(missing)}\n"
-                  "rerun the same command to retry them; the report covers the others")
-        if done:
-            out.report = write_report(cfg, where, done, runs.client, runs.parent)
-        runs.finish("FAILED" if missing or not done else "FINISHED")
-    return out
+    with folder_lease(where, f"study {cfg.study.name!r}"):   # one writer: a second study of this name is refused
+        check_spec(cfg)
+        runs = ExperimentRuns(cfg, cfg.study.name, where, found)
+        with runs.stopping_safely("running the study"):
+            runs.open(kind="study-grid")
+            callbacks: list[Any] = [runs.callback(CellCallback, cfg.to_dict())] if runs.parent else []
+            callbacks.append(CellProgress(len(cells)))
+            trainable = tune.with_resources(tune.with_parameters(_cell_trial, base_cfg=cfg.to_dict()), {"cpu": cfg.tune.trial_cpus})
+            limit = concurrency(cfg, ray.cluster_resources(), cfg.study.max_concurrent_trials)
+            st = cfg.study
+            print(f"study {st.name!r}: {len(cells)} cells ({len(st.methods)} methods x {len(st.pairing_ratios)} ratios x "
+                  f"{len(st.seeds)} seeds x {len(st.train_fractions)} fractions), up to {limit} at once; folder {where}", flush=True)
+            if Tuner.can_restore(where):
+                # Errored cells are not resumed here: Tune re-queues them all at once, past max_concurrent_trials,
+                # and their Train runs then starve each other; they are retried below under the limit.
+                print(f"restoring {where}: finished cells kept, interrupted ones resumed", flush=True)
+                check_finished(Tuner.restore(where, trainable, resume_unfinished=True, resume_errored=False,
+                                             restart_errored=False).fit(), 0, where)
+            else:
+                check_finished(_tuner(cfg, trainable, [c.id for c in cells], st.name, callbacks, limit).fit(), len(cells), where)
+            missing = _unscored(cfg, cells)
+            if missing and Tuner.can_restore(where) and st.retry_failed:
+                name = f"{st.name}-retry-{time.strftime('%Y%m%d-%H%M%S')}"
+                print(f"retrying {len(missing)} cell(s) without scores as {name}: {', '.join(missing)}", flush=True)
+                check_finished(_tuner(cfg, trainable, missing, name, callbacks, limit).fit(), len(missing), where)
+            scored = {c.id: read_cell(cfg, c.id) for c in cells}
+            missing = [i for i, r in scored.items() if r is None]
+            done = [r for r in scored.values() if r is not None]
+            # cells whose end no callback recorded (a killed driver): as their scores say
+            runs.sweep("FAILED", {f"cell_{d['cell']['id']}": "FINISHED" for d in done})
+            out = StudyResult(where, done, missing, parent_run_id=runs.parent)
+            if missing:
+                print(f"\n{len(missing)} cell(s) have no scores (failed: see the messages above): {', '.join(missing)}\n"
+                      "rerun the same command to retry them; the report covers the others")
+            if done:
+                out.report = write_report(cfg, where, done, runs.client, runs.parent)
+            runs.finish("FAILED" if missing or not done else "FINISHED")
+        return out
 
 
 def _unscored(cfg: Config, cells: list[Cell]) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import mlflow
 import numpy as np
@@ -133,7 +133,63 @@ def model_checkpoint(model_uri: str, cfg: Config) -> Iterator[Path]:
                 or fmt not in (None, MODEL_FORMAT)):
             raise ConfigError(f"--model-uri {model_uri}: not a bidpm model (no checkpoint artifact with state.pt in "
                               "its MLmodel); register models with jobs/tune_steps.py / bidpm.tracking.log_model")
+        verify_weights(model_uri, ck)
         yield ck
+
+
+def recorded_sha256(model_uri: str) -> tuple[Optional[str], str]:
+    """(the ``bidpm.checkpoint_sha256`` recorded in the tracking DATABASE for ``model_uri``'s logged model,
+    what the URI resolved to). Why the database: the artifact store is the volume every Ray pod mounts
+    read-write; the tag was written by ``log_model`` when the weights were logged."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    rest = model_uri.removeprefix("models:/")
+    try:
+        if model_uri.startswith("runs:/"):
+            run_id, _, name = model_uri.removeprefix("runs:/").partition("/")
+            exp_id = client.get_run(run_id).info.experiment_id
+            found = [m for m in mlflow.search_logged_models(experiment_ids=[exp_id], output_format="list",
+                                                            filter_string=f"source_run_id = '{run_id}'")
+                     if m.name == name.strip("/")]
+            model_id, what = (found[-1].model_id if found else None), f"run {run_id}'s model {name!r}"
+        elif "@" in rest:
+            name, alias = rest.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+            model_id, what = _logged_model_id(mv), f"registered model {name!r} version {mv.version}"
+        elif "/" in rest:
+            name, version = rest.rsplit("/", 1)
+            model_id, what = _logged_model_id(client.get_model_version(name, version)), f"registered model {name!r} version {version}"
+        else:
+            model_id, what = rest, f"logged model {rest}"
+        tags = client.get_logged_model(model_id).tags if model_id else {}
+    except MlflowException:
+        return None, model_uri
+    return tags.get("bidpm.checkpoint_sha256"), what
+
+
+def _logged_model_id(mv: Any) -> Optional[str]:
+    """The logged model a registered version was made from (MLflow 3 leaves ``model_id`` unset when the
+    version was registered from a ``models:/m-...`` URI, which is then its ``source``)."""
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    source = str(mv.source or "")
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
+def verify_weights(model_uri: str, checkpoint_dir: Path) -> None:
+    """Refuse weights that are not the ones registered: their sha256 against ``recorded_sha256``."""
+    expected, what = recorded_sha256(model_uri)
+    fix = ("the artifact store was written after registration: restore the file from a backup or register the "
+           "checkpoint again (jobs/tune_steps.py); load a checkpoint folder you trust with --checkpoint")
+    if expected is None:
+        raise ConfigError(f"--model-uri {model_uri}: {what} has no recorded weights digest (tag bidpm.checkpoint_sha256), "
+                          f"so its state.pt cannot be verified; fix: {fix}")
+    actual = checkpoint_sha256(str(checkpoint_dir))
+    if actual != expected:
+        raise ConfigError(f"--model-uri {model_uri}: the weights of {what} are not the registered ones (state.pt sha256 "
+                          f"{actual[:16]}..., registered {expected[:16]}...); fix: {fix}")
 
 
 def load_model(model_uri: str, cfg: Config, device: Any = "cpu") -> Any:
