@@ -65,6 +65,16 @@ class _Payload:
         return (open, (self.path, "w"))
 
 
+def _registered(tmp_path: Path):
+    """A tiny checkpoint logged in a run and registered as ``tiny`` v1: (cfg, client, run, checkpoint, model URI, version)."""
+    cfg = _cfg(tmp_path)
+    client, exp_id = tracking.connect(cfg)
+    run = client.create_run(exp_id)
+    ck = tiny_checkpoint(cfg, tmp_path / "ck")
+    uri = tracking.log_model(cfg, run.info.run_id, str(ck))
+    return cfg, client, run, ck, uri, tracking.register(client, cfg, uri, run.info.run_id, {})
+
+
 def test_tampered_python_model_pickle_is_never_executed(tmp_path):
     from argparse import Namespace
 
@@ -72,12 +82,7 @@ def test_tampered_python_model_pickle_is_never_executed(tmp_path):
     from bidpm.method.solver import euler_integrate
     from bidpm.train.checkpoint import load_checkpoint_model
 
-    cfg = _cfg(tmp_path)
-    client, exp_id = tracking.connect(cfg)
-    run = client.create_run(exp_id)
-    ck = tiny_checkpoint(cfg, tmp_path / "ck")
-    uri = tracking.log_model(cfg, run.info.run_id, str(ck))
-    version = tracking.register(client, cfg, uri, run.info.run_id, {})
+    cfg, client, run, ck, uri, version = _registered(tmp_path)
     tracking.promote(client, cfg, version, evaluate=lambda u: {cfg.tracking.promote_metric: 0.5})
     # an attacker with write access to the artifact store swaps the pickle
     marker = tmp_path / "PWNED"
@@ -111,12 +116,7 @@ def test_swapped_weights_in_the_artifact_store_are_refused_with_the_version_name
 
     from bidpm.config import ConfigError
 
-    cfg = _cfg(tmp_path)
-    client, exp_id = tracking.connect(cfg)
-    run = client.create_run(exp_id)
-    ck = tiny_checkpoint(cfg, tmp_path / "ck")
-    uri = tracking.log_model(cfg, run.info.run_id, str(ck))
-    version = tracking.register(client, cfg, uri, run.info.run_id, {})
+    cfg, client, run, ck, uri, version = _registered(tmp_path)
     client.set_registered_model_alias("tiny", CHAMPION, version)
     assert tracking.load_model("models:/tiny@champion", cfg).grid  # untouched: loads
     stored = list((tmp_path / "mlartifacts").rglob("state.pt"))

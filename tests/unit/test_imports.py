@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "platform" / "bidpm"
-CORE = ("model", "method", "losses", "metrics", "evaluation", "io")
+CORE = ("model", "method", "losses", "metrics", "evaluation", "io", "scaling")
 
 
 def _name(path: Path) -> str:

@@ -81,6 +81,21 @@ def test_a_ratio_without_paired_rows_and_missing_lpips_weights_stop_before_train
         check_cells(c, expand_cells(c), _manifest())
 
 
+def test_a_ratio_with_fewer_paired_rows_than_a_batch_needs_stops_before_training():
+    """Issue 20: 8 subjects x 4 slices at 10% paired gave 1-3 paired rows for batches of 8 on 2 workers
+    (4 paired rows each); the checks passed, and all cells then failed in Ray with "no full batch"."""
+    from bidpm.data.readers import paired_train_rows
+
+    m = _manifest(n_subjects=8, slices=4)
+    c = cfg("study.pairing_ratios=[1.0, 0.1]", "train.batch_size=8", "train.num_workers=2")
+    have = paired_train_rows(m, 0.1, 0)
+    assert 0 < have < 2 * 4
+    with pytest.raises(ConfigError, match=rf"10% paired .* {have} paired training rows, fewer than .*2 workers x "
+                                          rf"train.batch_size 8 // 2 = 8.*Nothing was trained"):
+        check_cells(c, expand_cells(c), m)
+    check_cells(cfg("study.pairing_ratios=[1.0, 0.1]", "train.batch_size=2", "train.num_workers=1"), expand_cells(c), m)
+
+
 def test_train_fraction_is_a_nested_subject_subset():
     from bidpm.data.readers import train_subset
 
@@ -101,7 +116,7 @@ def test_a_study_folder_of_another_design_is_refused(tmp_path):
 
 
 # --- the report ---------------------------------------------------------------------------------------
-def _cell(label, method, ratio, seed, grids, rng):
+def _cell(label, method, ratio, seed, grids, rng, fraction=1.0):
     """A scored cell as bidpm.study.score writes it; values[d][m] per image (10 images)."""
     ids = [["s0", k] for k in range(10)]
     out = []
@@ -116,9 +131,9 @@ def _cell(label, method, ratio, seed, grids, rng):
         for m in ("ssim", "psnr", "mae"):
             summ[f"test/{m}_mean"] = 0.5 * (summ[f"test/fwd_{m}_mean"] + summ[f"test/bwd_{m}_mean"])
         out.append({"label": g_label, "steps": steps, "training_grid": train, "summary": summ, "values": vals})
-    return {"cell": {"id": f"{label}-{ratio}-{seed}", "label": label, "method": method, "ratio": ratio, "seed": seed,
-                     "fraction": 1.0}, "grids": out, "ids": ids, "params": 10,
-            "cost": {"train_wall_s": 5.0 + seed, "images_per_s": 2.0, "peak_mem_mb": 100.0, "epochs": 1}}
+    return {"cell": {"id": f"{label}-{ratio}-{seed}-{fraction}", "label": label, "method": method, "ratio": ratio, "seed": seed,
+                     "fraction": fraction}, "grids": out, "ids": ids, "params": 10,
+            "cost": {"train_wall_s": 5.0 + seed, "images_per_s": 2.0, "peak_mem_mb": 100.0, "epochs": 1}, "checkpoint": "ck"}
 
 
 @pytest.fixture
@@ -175,6 +190,40 @@ def test_figures_and_csv(scored):
     assert text[0].startswith("method,paired_pct,grid,") and len(text) == 5
     md, cost = R.cost_table(cells, c)
     assert cost[0]["train_wall_s"] == pytest.approx(5.5) and "| B | 4 |" in md
+
+
+def test_a_study_of_any_training_fractions_reports_every_fraction(tmp_path, capsys):
+    """Issue 20: a study with train_fractions [0.5, 0.25] wrote empty Tables 1-2 and Figures 5/7 (every
+    table filtered to fraction 1.0). Now each fraction has its tables, figures and significance, named;
+    the numbers are numpy means over that fraction's cells only."""
+    from bidpm.study.report import write_report
+
+    rng = np.random.default_rng(1)
+    c = cfg("study.methods=[{label: B, name: bidpm}, {label: RF, name: rf}]", "study.bootstrap_samples=200",
+            "study.train_fractions=[0.5, 0.25]", "study.pairing_ratios=[1.0, 0.1]")
+    cells = []
+    for f, shift in ((0.5, 0.1), (0.25, 0.0)):
+        for r in (1.0, 0.1):
+            for s in (0, 1):
+                cells.append(_cell("B", "bidpm", r, s, [("training grid N=1", 1, True, shift)], rng, fraction=f))
+                cells.append(_cell("RF", "rf", r, s, [("uniform N=1", 1, False, shift - 0.05)], rng, fraction=f))
+    paths = write_report(c, str(tmp_path), cells)
+    for suffix in ("", "_f25"):
+        for name in ("table1", "table2", "figure5", "figure7"):
+            assert paths[f"{name}{suffix}.csv"] and (tmp_path / "report" / f"{name}{suffix}.csv").stat().st_size > 0
+        assert (tmp_path / "report" / f"figure5{suffix}.png").read_bytes()[:4] == b"\x89PNG"
+    for f, suffix in ((0.5, ""), (0.25, "_f25")):
+        text = (tmp_path / "report" / f"table1{suffix}.md").read_text()
+        assert text.count("\n") == 3                               # header, rule, B, RF
+        mine = [np.mean(x["grids"][0]["values"]["fwd"]["ssim"]) for x in cells
+                if x["cell"]["label"] == "B" and x["cell"]["ratio"] == 1.0 and x["cell"]["fraction"] == f]
+        assert f"| B | 1 | {np.mean(mine):.4f} ± {np.std(mine):.4f}" in text
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Table 1: 100% paired, 50% of the training subjects" in md and "## Table 1: 100% paired, 25% of the training subjects" in md
+    assert "figure5_f25.png" in md and "Figure 7 (100% paired, 25% of the training subjects)" in md
+    sig = R.to_csv(R.significance(cells, c, 1.0, 0.25)).decode()
+    assert sig and (tmp_path / "report" / "significance.csv").read_text().count("\n") == 1 + 2 * 2 * 2  # fractions x ratios x dirs
+    assert "25% of the training subjects" in capsys.readouterr().out
 
 
 def test_fid_without_inception_weights_is_refused_before_training(tmp_path, monkeypatch):

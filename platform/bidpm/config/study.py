@@ -63,6 +63,10 @@ class StudyConfig(Section):
     table2_ratio: Optional[float] = Field(None, description="pairing ratio of Table 2 (default: the smallest)")
     metric: Literal["ssim", "psnr", "mae"] = Field("ssim", description="the metric of Figures 5/7 and the significance test")
     bootstrap_samples: int = Field(2000, ge=100, description="paired bootstrap resamples of test images")
+    scaling_resamples: int = Field(1000, ge=100, description="data-scaling fits: bootstrap resamples of test subjects "
+                                   "and seeds (with >= 3 train_fractions; bidpm.scaling.fit)")
+    ssim_targets: list[float] = Field(default_factory=lambda: [0.8, 0.9],
+                                      description="the report's 'subjects needed for SSIM >= s' (from the scaling fit)")
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
     retry_failed: bool = Field(True, description="retry cells that failed (no scores) once per run, under the concurrency limit")
     fid: Optional[bool] = Field(

@@ -115,12 +115,20 @@ def check_cells(cfg: Config, cells: list[Cell], manifest: dict) -> None:
     from ..model import build_velocity_field
     from ..data.readers import paired_train_rows
 
+    need = cfg.train.num_workers * (cfg.train.batch_size // 2)   # each worker's batches are half paired rows
     for ratio in cfg.study.pairing_ratios:
         for frac in cfg.study.train_fractions:
-            if paired_train_rows(manifest, ratio, cfg.data.pairing_seed, frac) == 0:
+            paired = paired_train_rows(manifest, ratio, cfg.data.pairing_seed, frac)
+            if paired == 0:
                 raise ConfigError(f"study.pairing_ratios: no training row is paired at {100 * ratio:g}% "
                                   f"(train fraction {frac:g}, data.pairing_seed={cfg.data.pairing_seed}) on these shards; "
                                   f"drop that ratio, use more data, or change data.pairing_seed. Nothing was trained.")
+            if ratio < 1.0 and paired < need:
+                raise ConfigError(
+                    f"study.pairing_ratios: at {100 * ratio:g}% paired (train fraction {frac:g}) the shards have {paired} "
+                    f"paired training rows, fewer than one batch's paired share on every worker needs "
+                    f"({cfg.train.num_workers} workers x train.batch_size {cfg.train.batch_size} // 2 = {need}); "
+                    f"lower train.batch_size or train.num_workers, drop that ratio, or use more data. Nothing was trained.")
     if cfg.study.fid is True and (missing := _inception_missing()) is not None:
         raise ConfigError(f"study.fid=true: {missing}; or set study.fid=false. Nothing was trained.")
     seen = set()

@@ -12,30 +12,38 @@ from .tables import DIRS, aggregate, cells_at, representative
 __all__ = ["figure5", "figure7"]
 
 
-def figure5(cells: list[dict], cfg: Any) -> tuple[bytes, list[dict]]:
-    """Metric vs paired % per method, both directions, error bars = std over seeds."""
+def figure5(cells: list[dict], cfg: Any, fraction: float = 1.0) -> tuple[bytes, list[dict]]:
+    """Metric vs paired % per method at training ``fraction``, both directions, error bars = std over seeds."""
     st, m = cfg.study, cfg.study.metric
     rows = []
     for meth in st.methods:
         for r in st.pairing_ratios:
-            g = representative(cells, meth.label, r, m)
+            g = representative(cells, meth.label, r, m, fraction)
             if g is not None:
-                a = aggregate(cells, meth.label, r, g)
-                rows.append({"method": meth.label, "paired_pct": 100 * r, "grid": g, **{k: a[k] for k in a if k.startswith(tuple(DIRS))}})
-    return _plot(rows, "paired_pct", m, "paired rows (%)", log=True, title="Figure 5: quality vs pairing ratio", cfg=cfg), rows
+                a = aggregate(cells, meth.label, r, g, fraction)
+                rows.append({"method": meth.label, "paired_pct": 100 * r, "grid": g, "fraction": fraction,
+                             **{k: a[k] for k in a if k.startswith(tuple(DIRS))}})
+    return _plot(rows, "paired_pct", m, "paired rows (%)", log=True,
+                 title=f"Figure 5: quality vs pairing ratio{_of(fraction)}", cfg=cfg), rows
 
 
-def figure7(cells: list[dict], cfg: Any, ratio: float) -> tuple[bytes, list[dict]]:
-    """Metric vs NFE per method at ``ratio`` (every scored grid), error bars = std over seeds."""
+def figure7(cells: list[dict], cfg: Any, ratio: float, fraction: float = 1.0) -> tuple[bytes, list[dict]]:
+    """Metric vs NFE per method at ``ratio`` and training ``fraction`` (every scored grid), error bars = std
+    over seeds."""
     rows = []
     for meth in cfg.study.methods:
-        group = cells_at(cells, meth.label, ratio)
+        group = cells_at(cells, meth.label, ratio, fraction)
         for g in (group[0]["grids"] if group else []):
-            a = aggregate(cells, meth.label, ratio, g["label"])
+            a = aggregate(cells, meth.label, ratio, g["label"], fraction)
             rows.append({"method": meth.label + ("" if g["training_grid"] or meth.name != "bidpm" else " (other N)"),
-                         "nfe": g["steps"], "grid": g["label"], **{k: a[k] for k in a if k.startswith(tuple(DIRS))}})
+                         "nfe": g["steps"], "grid": g["label"], "fraction": fraction,
+                         **{k: a[k] for k in a if k.startswith(tuple(DIRS))}})
     return _plot(rows, "nfe", cfg.study.metric, "NFE (Euler steps)", log=True,
-                 title=f"Figure 7: quality vs NFE at {100 * ratio:g}% paired", cfg=cfg), rows
+                 title=f"Figure 7: quality vs NFE at {100 * ratio:g}% paired{_of(fraction)}", cfg=cfg), rows
+
+
+def _of(fraction: float) -> str:
+    return "" if fraction == 1.0 else f", {100 * fraction:g}% of the training subjects"
 
 
 def _plot(rows: list[dict], x: str, m: str, xlabel: str, log: bool, title: str, cfg: Any) -> bytes:

@@ -109,7 +109,8 @@ def run_study(cfg: Config) -> StudyResult:
                 print(f"\n{len(missing)} cell(s) have no scores (failed: see the messages above): {', '.join(missing)}\n"
                       "rerun the same command to retry them; the report covers the others")
             if done:
-                out.report = write_report(cfg, where, done, runs.client, runs.parent)
+                out.report = write_report(cfg, where, done, runs.client, runs.parent,
+                                      n_train=found.manifest["splits"]["train"]["subjects"])
             runs.finish("FAILED" if missing or not done else "FINISHED")
         return out
 

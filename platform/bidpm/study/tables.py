@@ -70,37 +70,39 @@ def _fmt(a: dict, key: str) -> str:
     return f"{a[key]:.{p}f} ± {a[key + '_seed_std']:.{p}f} [{a[key + '_spread']:.{p}f}]"
 
 
-def table(cells: list[dict], cfg: Any, ratio: float, bracket: Optional[float] = None) -> tuple[str, list[dict]]:
-    """Markdown table: methods x (direction, metric) at ``ratio``; ``bracket``: the same cells at that
-    ratio in brackets (Table 2 shows the 100%-paired values so). Returns (markdown, csv rows)."""
+def table(cells: list[dict], cfg: Any, ratio: float, bracket: Optional[float] = None,
+          fraction: float = 1.0) -> tuple[str, list[dict]]:
+    """Markdown table: methods x (direction, metric) at ``ratio`` and training ``fraction``; ``bracket``: the
+    same cells at that ratio in brackets (Table 2 shows the 100%-paired values so). Returns (markdown, csv rows)."""
     st = cfg.study
     head = ["method", "NFE"] + [f"{d} {m.upper()}" for d in DIRS for m in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = []
     for meth in st.methods:
-        grid = representative(cells, meth.label, ratio, st.metric)
+        grid = representative(cells, meth.label, ratio, st.metric, fraction)
         if grid is None:
             continue
-        a = aggregate(cells, meth.label, ratio, grid)
+        a = aggregate(cells, meth.label, ratio, grid, fraction)
         b = None
-        if bracket is not None and (g2 := representative(cells, meth.label, bracket, st.metric)) is not None:
-            b = aggregate(cells, meth.label, bracket, g2)
+        if bracket is not None and (g2 := representative(cells, meth.label, bracket, st.metric, fraction)) is not None:
+            b = aggregate(cells, meth.label, bracket, g2, fraction)
         cellv = [_fmt(a, f"{d}_{m}") + (f" ({b[f'{d}_{m}']:.{2 if m == 'psnr' else 4}f})" if b else "")
                  for d in DIRS for m in METRICS]
-        nfe = next(g["steps"] for g in cells_at(cells, meth.label, ratio)[0]["grids"] if g["label"] == grid)
+        nfe = next(g["steps"] for g in cells_at(cells, meth.label, ratio, fraction)[0]["grids"] if g["label"] == grid)
         lines.append("| " + " | ".join([meth.label, str(nfe), *cellv]) + " |")
-        rows.append({"method": meth.label, "ratio": ratio, "grid": grid, "nfe": nfe, **a})
+        rows.append({"method": meth.label, "ratio": ratio, "fraction": fraction, "grid": grid, "nfe": nfe, **a})
     return "\n".join(lines), rows
 
 
-def significance(cells: list[dict], cfg: Any, ratio: float) -> list[dict]:
-    """For each Bi-DPM row and direction: the difference to the best baseline at ``ratio`` (docstring)."""
+def significance(cells: list[dict], cfg: Any, ratio: float, fraction: float = 1.0) -> list[dict]:
+    """For each Bi-DPM row and direction: the difference to the best baseline at ``ratio`` and training
+    ``fraction`` (module docstring)."""
     from scipy.stats import wilcoxon
 
     st, m = cfg.study, cfg.study.metric
     sign = -1.0 if m in LOWER_BETTER else 1.0
-    reps = {x.label: representative(cells, x.label, ratio, m) for x in st.methods}
-    means = {lab: aggregate(cells, lab, ratio, g) for lab, g in reps.items() if g is not None}
+    reps = {x.label: representative(cells, x.label, ratio, m, fraction) for x in st.methods}
+    means = {lab: aggregate(cells, lab, ratio, g, fraction) for lab, g in reps.items() if g is not None}
     bidpm = [x.label for x in st.methods if x.name == "bidpm" and x.label in means]
     base = [x.label for x in st.methods if x.name != "bidpm" and x.label in means]
     out = []
@@ -109,7 +111,8 @@ def significance(cells: list[dict], cfg: Any, ratio: float) -> list[dict]:
             break
         best = max(base, key=lambda lab: sign * means[lab][f"{d}_{m}"])
         for lab in bidpm:
-            a, b = _per_image(cells, lab, ratio, reps[lab], d, m), _per_image(cells, best, ratio, reps[best], d, m)
+            a = _per_image(cells, lab, ratio, reps[lab], d, m, fraction)
+            b = _per_image(cells, best, ratio, reps[best], d, m, fraction)
             keys = sorted(set(a) & set(b))
             diff = np.array([a[k] - b[k] for k in keys])
             diff = diff[~np.isnan(diff)]
@@ -118,16 +121,17 @@ def significance(cells: list[dict], cfg: Any, ratio: float) -> list[dict]:
             lo, hi = np.percentile(boot, [2.5, 97.5])
             p = float(wilcoxon(diff).pvalue) if len(diff) > 1 and np.any(diff != 0) else float("nan")
             ok = (lo > 0) if sign > 0 else (hi < 0)
-            out.append({"ratio": ratio, "direction": d, "bidpm": lab, "baseline": best, "metric": m, "images": len(diff),
+            out.append({"ratio": ratio, "fraction": fraction, "direction": d, "bidpm": lab, "baseline": best, "metric": m, "images": len(diff),
                         "mean_diff": float(diff.mean()) if len(diff) else float("nan"), "ci_low": float(lo),
                         "ci_high": float(hi), "wilcoxon_p": p, "supported": bool(ok)})
     return out
 
 
-def _per_image(cells: list[dict], label: str, ratio: float, grid: str, d: str, m: str) -> dict[tuple, float]:
+def _per_image(cells: list[dict], label: str, ratio: float, grid: str, d: str, m: str,
+               fraction: float = 1.0) -> dict[tuple, float]:
     """(subject, slice) -> the metric averaged over the seeds' cells."""
     acc: dict[tuple, list[float]] = defaultdict(list)
-    for c in cells_at(cells, label, ratio):
+    for c in cells_at(cells, label, ratio, fraction):
         for key, v in zip(c["ids"], grid_of(c, grid)["values"][d][m]):
             acc[tuple(key)].append(v)
     return {k: float(np.nanmean(v)) for k, v in acc.items()}
