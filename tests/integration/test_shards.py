@@ -246,9 +246,9 @@ def test_a_subject_whose_task_dies_is_reported_not_retried_forever(ray_session, 
 
     monkeypatch.setattr(ingest_tasks, "_ingest_group", dies_on_00003)
     with pytest.raises(DataError, match=r"subject BraTS2021_00003: source file .*: the task reading this pair died.*\[worker_died\]"):
-        prepare_shards(tiny_cfg(tmp_path / "strict", "data.task_retries=1", "data.subjects_per_task=3"))
+        prepare_shards(tiny_cfg(tmp_path / "strict", "data.task_retries=1", "data.subjects_per_task=6"))
     assert "died after 1 retries" in capsys.readouterr().out
-    cfg = tiny_cfg(tmp_path / "skip", "data.task_retries=0", "data.subjects_per_task=3", "data.skip_bad=true")
+    cfg = tiny_cfg(tmp_path / "skip", "data.task_retries=0", "data.subjects_per_task=6", "data.skip_bad=true")
     prepare_shards(cfg)
     m = load_manifest(cfg)
     assert [e["kind"] for e in m["skipped"]] == ["worker_died"]

@@ -140,11 +140,8 @@ class DataConfig(Section):
         1024**3, ge=0,
         description="memory Ray reserves for each ingest task (one volume pair in memory at a time), so a node runs "
                     "only as many as fit; 1 GiB holds a BraTS or SynthRAD pair, raise it for large CT (0 = no reservation)")
-    task_retries: int = Field(
-        2, ge=0,
-        description="retries of an ingest task whose process died (out of memory, node lost); Ray Data's default "
-                    "retries forever. After them the subjects of that task are read one per task, and the one whose "
-                    "task dies again is reported as that subject's error")
+    task_retries: int = Field(2, ge=0, description="retries of an ingest task whose process died (OOM, lost node; Ray "
+                              "Data's default: forever); then its subjects are read one per task and a dying one is its error")
     subjects_per_task: Optional[int] = Field(
         None, ge=1, description="volume pairs one ingest task processes in turn (memory: still one pair at a time); "
         "unset = enough for about 4 tasks per worker, which amortises Ray Data's per-task cost")
@@ -192,7 +189,7 @@ class DataConfig(Section):
         if self.pseudonym_salt is not None:
             object.__setattr__(self, "salt_digest", salt_fingerprint(self.pseudonym_salt))
         elif self.salt_digest is None:
-            found = self._salt_from_file() if self.pseudonym_salt_file else os.environ.get(SALT_ENV)
+            found = read_salt_file(self.pseudonym_salt_file) if self.pseudonym_salt_file else os.environ.get(SALT_ENV)
             object.__setattr__(self, "salt_digest", salt_fingerprint(found or DEFAULT_SALT))
         lists = self.split.explicit_lists()
         if lists is not None:
@@ -216,14 +213,12 @@ class DataConfig(Section):
         matches ``salt_digest``), else None."""
         if self.pseudonym_salt is not None:
             return self.pseudonym_salt
-        from_file = self._salt_from_file() if self.pseudonym_salt_file and os.path.isfile(self.pseudonym_salt_file) else None
+        path = os.path.expanduser(self.pseudonym_salt_file or "")
+        from_file = read_salt_file(path) if path and os.path.isfile(path) else None
         for candidate in (from_file, os.environ.get(SALT_ENV), DEFAULT_SALT):
             if candidate and salt_fingerprint(candidate) == self.salt_digest:
                 return candidate
         return None
-
-    def _salt_from_file(self) -> str:
-        return read_salt_file(str(self.pseudonym_salt_file))
 
     def ingest_secrets(self) -> str:
         """The salt for a fresh ingest, after checking the subject lists are here too; a clear error when
