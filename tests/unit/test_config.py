@@ -154,7 +154,7 @@ def test_failure_settings_reach_ray_trains_failure_config():
 
 
 @pytest.mark.parametrize("override", ["tune.experiment_name=..", "train.run_name=../..", "study.name=.", "study.name=a/b",
-                                      "tracking.experiment_name=it's", "tracking.registered_model_name=m`x", "train.run_name=a..b"])
+                                      "tracking.experiment_name=it's", "tracking.registered_model_name=m`x", "train.run_name=a\\b"])
 def test_names_that_become_folders_or_mlflow_filters_are_refused(override):
     """Issue 22 (low): ``..`` as a folder name deleted a parent on resume=false / --restart; a ``'``
     broke MLflow filter strings."""
@@ -164,5 +164,7 @@ def test_names_that_become_folders_or_mlflow_filters_are_refused(override):
 
 
 def test_usual_names_still_load():
-    cfg = load_config(None, ["tune.experiment_name=brats_t1t2-steps", "train.run_name=rf.v2", "study.name=Study_01"])
+    cfg = load_config(None, ["tune.experiment_name=brats_t1t2-steps", "train.run_name=rf.v2", "study.name=Study_01",
+                             "tracking.experiment_name=/Users/me@example.org/bidpm", "train.run_name=BraTS T1 to T2"])
     assert cfg.tune.experiment_name == "brats_t1t2-steps" and cfg.study.name == "Study_01"
+    assert cfg.tracking.experiment_name.startswith("/Users/") and cfg.train.run_name == "BraTS T1 to T2"  # older configs load

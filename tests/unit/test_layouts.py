@@ -105,3 +105,9 @@ def test_csv_rows_outside_the_csvs_folder_are_refused_unless_allowed(tmp_path, b
     allowed = {s.subject: s for s in discover("csv", str(csv), "source", "target", "brain", allow_outside_root=True)}
     assert allowed["abs"].problem is None and allowed["link"].problem is None
     assert load_config(None, []).data.allow_outside_root is False  # the ingest's default
+    from bidpm.data.layouts import _inside
+
+    assert _inside("s3://b/data/sub1/t1.nii.gz", "s3://b/data")
+    for loc in ("s3://b/data/../other/t1.nii.gz", "s3://b/data/x.nii.gz?endpoint_override=evil:9000", "gs://b/data/x.nii.gz",
+                "file:///data/proj/../../other/t1.nii.gz"):
+        assert not _inside(loc, "file:///data/proj" if loc.startswith("file") else "s3://b/data"), loc

@@ -142,3 +142,14 @@ def test_a_study_with_four_fractions_reports_the_fit_the_holdout_and_the_subject
     assert float(fwd["needed SSIM>=0.8_low"]) <= need <= float(fwd["needed SSIM>=0.8_high"])
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Data scaling" in md and "subjects for SSIM>=0.8" in md and "inside" in md
+
+
+def test_flat_curves_and_unreachable_targets_give_inf_not_an_error():
+    """A resample with alpha at its bound 0 used to overflow in ``needed``; percentiles of infs stay inf."""
+    assert PowerLaw(E=0.02, B=0.18, alpha=0.0).needed(0.1) == float("inf")
+    assert PowerLaw(E=0.02, B=0.18, alpha=1e-12).needed(0.1) == float("inf")
+    rng = np.random.default_rng(2)
+    flat = [0.2 + rng.normal(0, 0.01, (2, 4)) for _ in SIZES]
+    fit = bootstrap_fit(SIZES, flat, resamples=200, targets={"SSIM>=0.9": 0.1})
+    lo, hi = fit.intervals["needed@SSIM>=0.9"]
+    assert not np.isnan(lo) and not np.isnan(hi) and hi == float("inf")

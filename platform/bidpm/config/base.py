@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_UNSAFE = re.compile(r"[/\\\x00-\x1f'\"`]")
 
 
 class ConfigError(ValueError):
@@ -22,11 +22,26 @@ class Section(BaseModel):
 
 def _safe_name(value: str) -> str:
     """Names that become folder names (``..`` would delete a parent on ``tune.resume=false`` or
-    ``--restart``) and MLflow names inside filter strings (a ``'`` broke them)."""
-    if not _SAFE_NAME.fullmatch(value) or ".." in value:
-        raise ValueError(f"{value!r} is not a safe name: use letters, digits, '.', '_' and '-' (no '..', at most 128, "
-                         "starting with a letter or digit), e.g. brats_t1t2-steps")
+    ``--restart``; a ``/`` would escape the folder) and MLflow names inside filter strings (a ``'`` broke
+    them). Spaces and dots are fine: configs and checkpoints named "BraTS T1 to T2" keep loading."""
+    if not value.strip() or value.strip() in (".", "..") or _UNSAFE.search(value) or len(value) > 128:
+        raise ValueError(f"{value!r} is not a safe name: no '/', '\\', quotes, backticks or control characters, "
+                         "not '.' or '..', at most 128 characters (e.g. brats_t1t2-steps)")
     return value
 
 
 SafeName = Annotated[str, AfterValidator(_safe_name)]
+
+
+_FILTER_BREAKING = re.compile(r"[\x00-\x1f'\"`]")
+
+
+def _mlflow_name(value: str) -> str:
+    """MLflow experiment / registered-model names: anything MLflow takes (Databricks' ``/Users/...`` too)
+    but quotes and backticks, which broke the platform's filter strings."""
+    if not value.strip() or _FILTER_BREAKING.search(value):
+        raise ValueError(f"{value!r} is not a safe name: no quotes, backticks or control characters")
+    return value
+
+
+MlflowName = Annotated[str, AfterValidator(_mlflow_name)]

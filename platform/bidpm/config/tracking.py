@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 
-from .base import SafeName, Section
+from .base import MlflowName, Section
 
 # Stores MLflow's client reaches: a tracking server, a database (SQLAlchemy URL) or a local SQLite
 # file. ``file:`` and bare paths (MLflow's deprecated file store) and other schemes (``ftp://``) are refused
@@ -63,8 +63,8 @@ class TrackingConfig(Section):
 
     enabled: bool = True
     tracking_uri: Optional[str] = None
-    experiment_name: SafeName = "bidpm"
-    registered_model_name: SafeName = "bidpm"
+    experiment_name: MlflowName = "bidpm"
+    registered_model_name: MlflowName = "bidpm"
     register_best: bool = Field(True, description="log + register the best trial's model and run the promotion")
     promote_metric: str = Field("test/ssim_mean", description="higher is better unless promote_mode is min")
     promote_mode: Literal["max", "min"] = "max"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import posixpath
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -118,8 +119,15 @@ def discover_synthrad(root: str, region: str, source: str, target: str) -> list[
 
 
 def _inside(loc: str, base: str) -> bool:
+    """Is ``loc`` below ``base``? URIs are compared on their normalised path (``..`` resolved) and may
+    carry no query (``?endpoint_override=`` would send the read to another host); local paths after
+    symlinks are resolved."""
     if storage.is_uri(loc) or storage.is_uri(base):
-        return loc.startswith(base.rstrip("/") + "/")
+        scheme, _, rest = loc.partition("://")
+        b_scheme, _, b_rest = base.partition("://")
+        if "?" in loc or scheme != b_scheme:
+            return False
+        return posixpath.normpath(rest).startswith(posixpath.normpath(b_rest).rstrip("/") + "/")
     return os.path.commonpath([os.path.realpath(loc), os.path.realpath(base)]) == os.path.realpath(base)
 
 

@@ -3,8 +3,10 @@
 ``max_bytes`` (``data.max_volume_bytes``) bounds the file, its inflated bytes and the voxels the header
 declares (stored and as float32). The gzip stream is inflated with that cap (a gzip bomb stops at it),
 and the declared size is checked against the cap and against the bytes the file really holds before
-any voxel array exists. Peak memory of a read is therefore about ``len(raw) + 2 * max_bytes`` at most
-(file, inflated bytes, float32 voxels), whatever the header says.
+any voxel array exists: stored voxels, and their float32 copy (float64 for scaled files, which nibabel
+scales in float64). Peak memory of a read is therefore a few times ``max_bytes`` at most (file, inflated
+bytes, working copies), whatever the header says. Left: a stream of many tiny gzip members is inflated
+member by member with a copy of the remaining input each time (quadratic in the member count).
 """
 
 from __future__ import annotations
@@ -85,9 +87,12 @@ def check_declared_size(img: nib.Nifti1Image, data_len: int, name: str, limit: i
     shape = tuple(int(s) for s in header.get_data_shape())
     voxels = math.prod(shape)
     stored = voxels * header.get_data_dtype().itemsize
-    if max(stored, 4 * voxels) > limit:
+    slope, inter = (float(header[k]) for k in ("scl_slope", "scl_inter"))
+    scaled = not (slope in (0.0, 1.0) or math.isnan(slope)) or not (inter == 0.0 or math.isnan(inter))
+    per_voxel = 8 if scaled else 4          # nibabel scales in float64 before the float32 cast
+    if max(stored, per_voxel * voxels) > limit:
         raise too_large(name, f"the header declares {shape} x {header.get_data_dtype()} = {human_bytes(stored)} "
-                              f"({human_bytes(4 * voxels)} as float32)", limit)
+                              f"({human_bytes(per_voxel * voxels)} as float{8 * per_voxel}{', scaled' if scaled else ''})", limit)
     offset = int(header.get_data_offset())
     if offset + stored > data_len:
         raise NiftiError(name, "truncated", f"the header declares {human_bytes(stored)} of voxels, the file holds "

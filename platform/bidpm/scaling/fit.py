@@ -38,10 +38,14 @@ class PowerLaw:
         return self.E + self.B * np.asarray(d, dtype=float) ** (-self.alpha)
 
     def needed(self, err_target: float) -> float:
-        """Smallest D with err(D) <= err_target (inf when the floor E is above it)."""
-        if err_target <= self.E or self.B <= 0:
-            return math.inf if err_target <= self.E else 1.0
-        return float((self.B / (err_target - self.E)) ** (1.0 / max(self.alpha, 1e-12)))
+        """Smallest D with err(D) <= err_target (inf when the floor E is at or above it, or the curve is
+        too flat to reach it in a representable D). Computed in logs: a near-zero alpha must not overflow."""
+        if err_target <= self.E:
+            return math.inf
+        if self.B <= 0:
+            return 1.0
+        log_d = (math.log(self.B) - math.log(err_target - self.E)) / max(self.alpha, 1e-300)
+        return math.exp(log_d) if log_d < 700.0 else math.inf
 
 
 _LOWER = np.array([-30.0, -30.0, 0.0])
@@ -158,8 +162,9 @@ def bootstrap_fit(sizes: list[float], values: list[np.ndarray], resamples: int =
                        for f in fits])
     out = ScalingFit(list(map(float, sizes)), means.tolist(), law, resamples)
     names = ["E", "B", "alpha", *[f"err@{k}" for k in at], *[f"needed@{k}" for k in targets]]
-    for i, name in enumerate(names):      # percentiles of inf (a target below a resample's floor) stay inf
-        out.intervals[name] = (float(np.percentile(params[:, i], 2.5)), float(np.percentile(params[:, i], 97.5)))
+    for i, name in enumerate(names):      # order statistics, not interpolation: an inf (a target below a
+        col = params[:, i]                  # resample's floor) stays inf instead of inf - inf = nan
+        out.intervals[name] = (float(np.percentile(col, 2.5, method="lower")), float(np.percentile(col, 97.5, method="higher")))
     out.predictions = {f"err@{k}": float(law.err(x)) for k, x in at.items()}
     out.predictions.update({f"needed@{k}": law.needed(t) for k, t in targets.items()})
     span = float(means.max() - means.min())

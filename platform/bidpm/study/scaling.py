@@ -31,7 +31,8 @@ def _subject_errors(cells: list[dict], label: str, ratio: float, fraction: float
         per: dict[str, list[float]] = defaultdict(list)
         grid = grid_of(c, representative(cells, label, ratio, "ssim", fraction))
         for (subject, _), v in zip(c["ids"], grid["values"][d]["ssim"]):
-            per[str(subject)].append(1.0 - float(v))
+            if np.isfinite(v):              # a slice with an empty mask has no SSIM (as in the tables: nanmean)
+                per[str(subject)].append(1.0 - float(v))
         rows.append([float(np.mean(per[s])) for s in sorted(per)])
     return np.array(rows)
 
@@ -43,21 +44,30 @@ def scaling_section(cells: list[dict], cfg: Any, n_train: int) -> Optional[dict[
     if len(fractions) < 3:
         return None
     ratio = max(st.pairing_ratios)
-    sizes = [float(max(1, math.ceil(f * n_train))) for f in fractions]
+    by_size: dict[float, float] = {}          # fractions that round to one subject count: the larger is kept
+    for f in fractions:
+        by_size[float(max(1, math.ceil(f * n_train - 1e-9)))] = f
+    sizes, fractions = list(by_size), list(by_size.values())
+    if len(sizes) < 3:
+        return None
     targets = {f"SSIM>={s:g}": 1.0 - s for s in st.ssim_targets}
-    rows, curves = [], []
+    rows, curves, skipped = [], [], []
     for meth in st.methods:
         for d in DIRS:
             values = [_subject_errors(cells, meth.label, ratio, f, d) for f in fractions]
             if any(v is None for v in values) or len({v.shape for v in values}) != 1:
                 continue
-            fit = bootstrap_fit(sizes, values, st.scaling_resamples, targets=targets)
-            held = holdout_check(sizes, values, st.scaling_resamples) if len(sizes) >= 4 else None
+            try:
+                fit = bootstrap_fit(sizes, values, st.scaling_resamples, targets=targets)
+                held = holdout_check(sizes, values, st.scaling_resamples) if len(sizes) >= 4 else None
+            except ValueError as exc:             # e.g. an error of 0 or NaN at some size: say so, keep the report
+                skipped.append(f"{meth.label} {d}: no fit ({exc})")
+                continue
             rows.append(_row(meth.label, d, fit, held, targets))
             curves.append((meth.label, d, values, fit))
     if not rows:
         return None
-    md = _markdown(rows, ratio, st.scaling_resamples)
+    md = _markdown(rows, ratio, st.scaling_resamples) + "".join(f"\n\n{line}" for line in skipped)
     png = _figure(curves, sizes, ratio)
     return {"md": md, "files": {"scaling.png": png, "scaling.csv": rows}, "printed": f"\nData scaling\n{md}"}
 
