@@ -131,15 +131,10 @@ class DataConfig(Section):
                     "driver hands out each next task only after reaping a finished one, measured 0.1-1.4 s idle per task "
                     "on a busy 2-core driver; unset, every task is queued in Ray at once)")
     cpus_per_task: float = Field(1.0, gt=0.0)
-    max_volume_bytes: int = Field(
-        2 * 1024**3, ge=1024**2,
-        description="largest volume a file may be or declare (its file, its inflated bytes, its voxels as float32), "
-                    "checked from the header before anything is allocated: a crafted 1 KB header or a gzip bomb is "
-                    "refused at this size. Default 2 GiB fits a 512x512x1024 CT; a reading task may need about 2x this")
-    task_memory_bytes: int = Field(
-        1024**3, ge=0,
-        description="memory Ray reserves for each ingest task (one volume pair in memory at a time), so a node runs "
-                    "only as many as fit; 1 GiB holds a BraTS or SynthRAD pair, raise it for large CT (0 = no reservation)")
+    max_volume_bytes: int = Field(2 * 1024**3, ge=1024**2, description="largest volume a file may be, inflate to or "
+                                  "declare, checked before allocation (bidpm.io.nifti_guard); 2 GiB fits a 512x512x1024 CT")
+    task_memory_bytes: int = Field(1024**3, ge=0, description="memory Ray reserves per ingest task (one pair at a time); "
+                                   "1 GiB holds a BraTS/SynthRAD pair, raise it for large CT (0 = no reservation)")
     task_retries: int = Field(2, ge=0, description="retries of an ingest task whose process died (OOM, lost node; Ray "
                               "Data's default: forever); then its subjects are read one per task and a dying one is its error")
     subjects_per_task: Optional[int] = Field(
