@@ -11,7 +11,7 @@ per batch (collate, pinned copy) against the step.
 "eager" rows run the field as it was before issue 12 (no compile, NCHW, foreach Adam); "compiled" rows
 use what ``train:`` switches on for the device by default (``torch.compile``; on CUDA also channels_last
 and fused Adam; ``bidpm.model.runtime``). Both use the multi-tensor EMA and the host-sync-free step.
-On CPU, bf16 rows run fp32 (the platform autocasts on CUDA only) and say so.
+bf16 rows autocast on CPU too (``runtime.autocast``, as the platform does on any device).
 
 Needs only the package's core (torch, pydantic, PyYAML, nibabel; lpips for the paper's distance): no Ray,
 no MLflow, so it runs on a bare GPU machine.
@@ -27,7 +27,6 @@ no MLflow, so it runs on a bare GPU machine.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
@@ -71,6 +70,7 @@ class Row:
     tflops: float = float("nan")
     share: float = float("nan")
     peak_mb: float = float("nan")
+    estimated_mb: float = float("nan")  # bidpm.plan.memory's estimate for the same step, without running it
     note: str = ""
 
 
@@ -89,12 +89,6 @@ class Report:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type != "cuda" or precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def matrix_rate(device: torch.device) -> tuple[float, str]:
@@ -173,10 +167,10 @@ def time_step(args: argparse.Namespace, cfg: Any, variant: str, device: torch.de
     ema.to(device)
     model = runtime.compile_field(net, backend=args.compile_backend) if compiled else net
     opt = runtime.make_adam(net.parameters(), cfg.train.lr, fused=compiled and runtime.resolve(None, device))
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    scaler = runtime.grad_scaler(precision, device)
     method = build_method(cfg.method).to(device)
     batch = batch_for(cfg, args.batch, device, channels_last)
-    amp = autocast(precision, device)
+    amp = runtime.autocast(precision, device)
 
     def one() -> None:
         with amp:
@@ -195,7 +189,7 @@ def time_step(args: argparse.Namespace, cfg: Any, variant: str, device: torch.de
         one()
         sync(device)
         times.append(time.perf_counter() - t)
-    notes = ["fp32 on CPU"] if precision != "fp32" and device.type != "cuda" else []
+    notes: list[str] = []
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     elif compiled:  # the profiler's per-op records do not cover compiled regions: no CPU figure
@@ -224,7 +218,7 @@ def time_synthesis(args: argparse.Namespace, cfg: Any, device: torch.device, rat
     for label, compiled in (("eager bf16", False), ("compiled bf16", True)):
         net = runtime.inference_field(build_velocity_field(cfg.model, (h, w)).to(device).eval().requires_grad_(False),
                                       device, compile=compiled, channels_last=None, backend=args.compile_backend)
-        amp = autocast("bf16", device)
+        amp = runtime.autocast("bf16", device)
 
         def run() -> None:
             with torch.inference_mode(), amp:
@@ -299,10 +293,9 @@ def main(argv: Optional[list[str]] = None) -> Report:
     for v in variants:
         if v not in VARIANTS:
             p.error(f"--variants: unknown {v!r}; choose from {list(VARIANTS)}")
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    if cuda:  # what a training worker sets by default (train.matmul_precision/cudnn_benchmark: TF32, autotuning)
+        runtime.set_backends(None, None, device)
+        torch.backends.cudnn.allow_tf32 = True  # torch's default, kept explicit
 
     rate, dtype = matrix_rate(device)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
@@ -314,7 +307,7 @@ def main(argv: Optional[list[str]] = None) -> Report:
         flops = step_flops(cfg, args.batch, device)
         rep.image = "x".join(str(v) for v in cfg.data.image_size)
         for variant in variants:
-            row = Row(case, variant, gflop_per_step=flops / 1e9)
+            row = Row(case, variant, gflop_per_step=flops / 1e9, estimated_mb=estimated_mb(cfg, variant, args.batch, device))
             try:
                 s, peak, row.note = time_step(args, cfg, variant, device)
             except torch.OutOfMemoryError:
@@ -340,15 +333,25 @@ def main(argv: Optional[list[str]] = None) -> Report:
     return rep
 
 
+def estimated_mb(cfg: Any, variant: str, batch: int, device: torch.device) -> float:
+    """The memory planner's figure for this row (``bidpm.plan``; compile is estimated as eager)."""
+    from bidpm.config import with_overrides
+    from bidpm.plan.memory import estimate_step_memory
+
+    _, precision, ckpt = VARIANTS[variant]
+    over = {"train.precision": precision, "train.checkpoint_unroll": ckpt, "train.batch_size": batch, "train.num_workers": 1}
+    return estimate_step_memory(with_overrides(cfg, over), device.type).peak / 2 ** 20
+
+
 def print_report(rep: Report, args: argparse.Namespace) -> None:
     print()
     print(f"Training step, batch {args.batch}, image {rep.image} px, median of {args.steps} steps after {args.warmup} warm-up; "
           f"{rep.device}; share = achieved / measured {rep.matrix_dtype} matrix rate ({rep.matrix_tflops:.2f} TFLOP/s)")
-    print(f"| case | variant | ms/step | images/s | GFLOP/step | achieved TFLOP/s | share | peak memory MB | note |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| case | variant | ms/step | images/s | GFLOP/step | achieved TFLOP/s | share | peak memory MB | estimated MB | note |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rep.rows:
         print(f"| {r.case} | {r.variant} | {r.ms_per_step:.1f} | {r.images_per_s:.1f} | {r.gflop_per_step:.1f} | "
-              f"{r.tflops:.3f} | {100 * r.share:.1f}% | {r.peak_mb:.0f} | {r.note} |")
+              f"{r.tflops:.3f} | {100 * r.share:.1f}% | {r.peak_mb:.0f} | {r.estimated_mb:.0f} | {r.note} |")
     base = {r.case: r for r in rep.rows if r.variant == "eager-bf16"}
     best = {}
     for r in rep.rows:

@@ -24,7 +24,6 @@ under 2x there; other processes on the machine skew all rows (rerun on an idle m
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
 import sys
@@ -39,7 +38,7 @@ from bidpm.config import load_config
 from bidpm.data.readers import read_split
 from bidpm.data.shards import prepare_shards
 from bidpm.method import Batch, build_method
-from bidpm.model import EMA, build_velocity_field
+from bidpm.model import EMA, build_velocity_field, runtime
 from bidpm.train import run_training
 from bidpm.train.batches import as_images
 
@@ -64,8 +63,7 @@ def plain_loop(cfg, epochs: int) -> tuple[float, int]:
     """Single process: (seconds per step in the last epoch, steps per epoch) on in-memory train rows."""
     torch.set_num_threads(cfg.train.torch_threads)
     device = torch.device("cuda" if cfg.train.use_gpu else "cpu")
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16)
-           if device.type == "cuda" and cfg.train.precision != "fp32" else contextlib.nullcontext())
+    amp = runtime.autocast(cfg.train.precision, device)  # as the worker: any device
     rows = read_split(cfg, "train").select_columns(["source", "target"]).take_all()
     size = tuple(cfg.data.image_size)
     x_0 = as_images(torch.as_tensor(np.stack([r["source"] for r in rows])), size).to(device)
@@ -131,7 +129,7 @@ def main() -> None:
     p.add_argument("--slices", type=int, default=16)
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
     p.add_argument("--gpu", action="store_true", help="workers and the plain loop on CUDA (one GPU per worker)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype on CUDA")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype (CPU too)")
     p.add_argument("--shuffle-buffer", type=int, default=256,
                    help="train.shuffle_buffer_rows of the Ray runs (0: no local shuffle, to attribute its cost)")
     p.add_argument("--no-ddp", action="store_true", help="skip the 2-worker run")

@@ -30,6 +30,7 @@ JOBS = {
     "evaluate": "score a model on a split at several step counts (paper Fig. 7), volumes (Table 5)",
     "synthesize": "synthesise NIfTI volumes of the other modality",
     "promote": "challenger vs champion on the test split; move the champion alias",
+    "plan": "a training step's GPU memory per worker for a config, and whether it fits (no GPU needed)",
 }
 
 

@@ -31,7 +31,6 @@ Imports only torch / numpy / nibabel (through ``bidpm.io`` / ``bidpm.data``'s pu
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -46,6 +45,7 @@ from .data.slicing import resize_slices
 from .io.nifti import NiftiError, Volume, load_nifti, read_volume, save_nifti
 from .io.nifti_guard import human_bytes, too_large
 from .method.solver import Direction, check_grid, euler_integrate
+from .model import runtime
 
 MR_OUTPUT_RANGE = (0.0, 1000.0)
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -79,8 +79,8 @@ def synthesize_slices(
     x: (B, C, H, W) in [-1, 1] (sources for ``forward``, targets for ``backward``); returns (B, C, H, W)
     float32 on x's device. Runs on the model's device (x is moved there batch by batch, so a large stack
     never sits on the GPU at once).
-    ``precision`` bf16/fp16 autocasts the network on CUDA (CPU always runs fp32); the Euler sums stay
-    float32 because ``x + u dt`` promotes to x's dtype.
+    ``precision`` bf16/fp16 autocasts the network on its device (CPU too, ``model.runtime.autocast``);
+    the Euler sums stay float32 because ``x + u dt`` promotes to x's dtype.
     """
     if direction not in ("forward", "backward"):
         raise SynthesisError(f"direction: {direction!r}; use 'forward' (source->target) or 'backward' (target->source)")
@@ -88,8 +88,7 @@ def synthesize_slices(
         raise SynthesisError(f"batch_size must be >= 1, got {batch_size}")
     g = check_grid(grid, "synthesis grid")
     device = _model_device(model, x.device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = torch.autocast("cuda", dtype=dtype) if (dtype is not None and device.type == "cuda") else nullcontext()
+    autocast = runtime.autocast(precision, device)
     was_training = model.training
     model.eval()
     out = []

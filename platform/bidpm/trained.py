@@ -45,10 +45,12 @@ class TrainedModel:
 
     def accelerate(self, cfg: Config) -> "TrainedModel":
         """``evaluation.compile``/``channels_last`` (on CUDA by default) applied to ``net`` for synthesis and
-        scoring; the weights are shared, the maths unchanged (``model.runtime.inference_field``)."""
-        from .model.runtime import inference_field
+        scoring; the weights are shared, the maths unchanged (``model.runtime.inference_field``). Also the
+        process-wide ``train.matmul_precision``/``cudnn_benchmark`` (TF32, cuDNN autotuning: CUDA by default)."""
+        from .model.runtime import inference_field, set_backends
 
         ev = cfg.evaluation
+        set_backends(cfg.train.matmul_precision, cfg.train.cudnn_benchmark, self.device)
         self.net = inference_field(self.net, self.device, ev.compile, ev.channels_last, ev.compile_mode, ev.compile_backend)
         return self
 

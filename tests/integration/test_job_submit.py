@@ -75,6 +75,19 @@ def test_ray_job_submit_runs_the_search_and_a_rerun_reports_it(tmp_path, ray_hea
     assert {r["trial"] for r in res.rows} == live and res.best_trial in live
     assert all(r["status"] in ("finished", "stopped") for r in res.rows) and any(r["status"] == "finished" for r in res.rows)
     assert "fwd SSIM" in out.stdout and res.best_trial + "*" in out.stdout
+    # cost (bidpm.tune.cost): each trial's CPU-hours over its attempts (one here), in the table and on its run,
+    # within Tune's own clock of the trial (time_total_s starts earlier: the trial's imports and config)
+    assert "CPU-h" in out.stdout
+    runs = {r.data.tags[tracking.TAG_TRIAL]: r for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("bidpm.role") == "trial"}
+    for r in res.rows:
+        print(f"trial {r['trial']}: cost/train_s {r['train_s']:.1f} s, time_total_s {r['time_total_s']:.1f} s")
+        assert r["device"] == "CPU" and r["devices"] == 0.5 and r["device_hours"] > 0
+        assert r["device_hours"] * 3600 == pytest.approx(r["train_s"] * r["devices"])
+        assert 0.5 * r["time_total_s"] <= r["train_s"] <= r["time_total_s"] + 5
+        m = runs[r["trial"]].data.metrics
+        assert m["cost/device_hours"] == pytest.approx(r["device_hours"])
+        assert any(k.startswith("system/cpu_utilization_percentage") for k in m), sorted(m)   # MLflow's system metrics
     best = next(r for r in res.rows if r["trial"] == res.best_trial)
     best_cfg = load_config(res.best_config_path)
     assert best_cfg.method.time_grid == best["time_grid"] and best_cfg.method.step_weights == best["step_weights"]

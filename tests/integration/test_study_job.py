@@ -113,3 +113,32 @@ def test_study_is_killed_resumes_without_retraining_and_reports(tmp_path, sessio
     assert len(trials) == 4 and {r.info.status for r in trials} == {"FINISHED"}
     assert {r.data.params["data.pairing_ratio"] for r in trials} == {"1.0", "0.5"}
     assert "report" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    _check_cost(study, md, {k[:-5] for k in before}, trials)
+
+
+def _check_cost(study: Path, md: str, before_kill: set[str], trials: list) -> None:
+    """Device-hours (bidpm.tune.cost): per cell the sum over its attempts' records (CPU-h: 0.5 CPU x 1 worker),
+    in the report and on each cell's MLflow run; a cell trained once agrees with Tune's own clock
+    (``time_total_s``, which starts before the fit: imports, datasets); every run that trained an epoch carries
+    MLflow's system metrics of its worker's node."""
+    import csv
+
+    rows = list(csv.DictReader((study / "report" / "cost_cells.csv").read_text().splitlines()))
+    assert len(rows) == 4 and "CPU-h (sum)" in md and "Per cell" in md
+    for r in rows:
+        recs = [json.loads(p.read_text()) for p in (study / "train_runs" / f"train_{r['cell']}" / "attempts").glob("*.json")]
+        assert r["device"] == "CPU" and float(r["devices"]) == 0.5 and int(r["attempts"]) == len(recs) >= 1
+        assert 0 < float(r["device_hours"]) == pytest.approx(sum(x["seconds"] * x["devices"] for x in recs) / 3600)
+        if r["cell"] in before_kill:
+            assert len(recs) == 1                            # finished before the kill: one attempt
+            results = map(json.loads, (study / f"cell_{r['cell']}" / "result.json").read_text().splitlines())
+            epoch = [x for x in results if "epoch" in x][-1]      # its training's last report
+            print(f"cell {r['cell']}: cost/train_s {epoch['cost/train_s']:.1f} s, time_total_s {epoch['time_total_s']:.1f} s")
+            assert 0.5 * epoch["time_total_s"] <= epoch["cost/train_s"] <= epoch["time_total_s"] + 5
+    by_name = {t.info.run_name: t for t in trials}
+    for r in rows:
+        m = by_name[f"cell_{r['cell']}"].data.metrics
+        # its latest result's running total (the final one; an epoch's if a restored trial's end shared a step)
+        assert 0 < m["cost/device_hours"] <= float(r["device_hours"]) * (1 + 1e-9)
+        if "train/loss" in m or r["cell"] in before_kill:
+            assert any(k.startswith("system/cpu_utilization_percentage") for k in m), sorted(m)

@@ -81,3 +81,36 @@ def test_config_keeps_model_and_method_together():
         load_config(None, ["method.name=cyclegan", "data.image_size=[16,16]"])
     with pytest.raises(ConfigError, match="one-step"):
         load_config(None, OVR + ["method.time_grid=[0,0.5,1]"])
+
+
+def _scalar_reads(fn) -> int:
+    """How often ``fn`` reads a tensor's value back to the host (``.item()``/``float(t)``: a device sync)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+def test_time_tensor_selects_on_the_device_with_the_old_outputs(setup):
+    """The solver's (B,) time tensor is selected on the device: the same outputs as the old host branch
+    (``float(t[0])`` -> G_st(x) - x at t = 0, x - G_ts(x) at t = 1), no value read back, one graph under compile."""
+    _, model, _, x, _ = setup
+    model.eval()
+    with torch.no_grad():
+        old = {0.0: model.generate(x, "g_st") - x, 1.0: x - model.generate(x, "g_ts")}   # the old branches
+        compiled = torch.compile(model, fullgraph=True, backend="eager", dynamic=False)  # a graph break fails
+        for t, want in old.items():
+            times = torch.full((x.shape[0],), t)
+            assert torch.equal(model(x, times), want) and torch.equal(model(x, t), want)
+            assert _scalar_reads(lambda: model(x, times)) == 0
+            torch.testing.assert_close(compiled(x, times), want, rtol=1e-6, atol=1e-6)
+        mixed = model(x, torch.tensor([0.0, 1.0, 0.5]))                                   # row by row
+        assert torch.equal(mixed[0], old[0.0][0]) and torch.equal(mixed[1], old[1.0][1]) and mixed[2].isnan().all()

@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "platform" / "bidpm"
-CORE = ("model", "method", "losses", "metrics", "evaluation", "io", "scaling")
+CORE = ("model", "method", "losses", "metrics", "evaluation", "io", "scaling", "plan")
 
 
 def _name(path: Path) -> str:

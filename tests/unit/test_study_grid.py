@@ -115,6 +115,23 @@ def test_a_study_folder_of_another_design_is_refused(tmp_path):
     assert study_dir(c).endswith("/ray_results/" + c.study.name)
 
 
+def test_a_study_folder_from_before_a_new_field_resumes(tmp_path):
+    """A folder whose spec predates a field (absent there) resumes while the field holds its default, and is
+    refused once the field is set to something else."""
+    c = cfg(f"output_dir={tmp_path}")
+    check_spec(c)
+    loc = tmp_path / "ray_results" / c.study.name / SPEC_FILE
+    old = json.loads(loc.read_text())
+    del old["spec"]["train"]["checkpoint_unroll"]          # as an older version wrote it
+    old["digest"] = "0" * 16
+    loc.write_text(json.dumps(old))
+    check_spec(c)                                         # default value: the same design
+    assert c.train.checkpoint_unroll is False
+    with pytest.raises(ConfigError, match="another design"):
+        check_spec(cfg(f"output_dir={tmp_path}", "train.checkpoint_unroll=true"))
+    check_spec(cfg(f"output_dir={tmp_path}", "train.gpu_memory_gb=24"))   # a pre-flight setting, not the design
+
+
 # --- the report ---------------------------------------------------------------------------------------
 def _cell(label, method, ratio, seed, grids, rng, fraction=1.0):
     """A scored cell as bidpm.study.score writes it; values[d][m] per image (10 images)."""

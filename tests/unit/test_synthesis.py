@@ -107,9 +107,9 @@ class Conv(nn.Module):
 def test_slices_keep_mode_and_need_no_grad():
     wrapped = Conv().train()
     x = torch.randn(3, 1, 8, 8)
-    y = synthesize_slices(wrapped, x, "forward", TRAIN_GRID, precision="bf16")   # CPU: bf16 request ignored
+    y = synthesize_slices(wrapped, x, "forward", TRAIN_GRID, precision="bf16")   # bf16 autocast on CPU too
     assert wrapped.training and not y.requires_grad and y.dtype == torch.float32
-    with torch.no_grad():                       # Eq. 5 by hand: two Euler steps of 0.5
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):   # Eq. 5 by hand: two Euler steps of 0.5
         net = wrapped.eval()
         x1 = x + 0.5 * net(x, None)
         expected = x1 + 0.5 * net(x1, None)

@@ -25,11 +25,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..data.shards import prepare_shards
     from ..raycluster import connect_ray
     from ..io.checkpoints import checkpoint_location
-    from ..raycluster.resources import check_fits
+    from ..raycluster.resources import check_fits, check_gpu_memory
     from ..train.launch import best_checkpoint, checked_datasets, run_training
 
     connect_ray(log_to_driver=True)          # the training loop's progress lines are the job's output
     check_fits(cfg, with_trial=False)        # on a fixed cluster Ray Train would wait for workers forever
+    check_gpu_memory(cfg, "train")           # a step that cannot fit its GPU: refused with the fixes, before data
     prepare_shards(cfg)
     datasets = checked_datasets(cfg)         # too few rows for one step, no paired row: one line, not a traceback
     try:

@@ -28,7 +28,7 @@ class EvaluationConfig(Section):
     max_batches: Optional[int] = Field(None, ge=1, description="cap on batches per split (smoke runs); None: the whole split")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1 ... for offline scoring")
     precision: Optional[Literal["fp32", "bf16", "fp16"]] = Field(
-        None, description="autocast dtype of the network on CUDA while scoring; None: train.precision (CPU runs fp32)")
+        None, description="autocast dtype of the network while scoring, on any device; None: train.precision")
     compile: Optional[bool] = Field(
         None, description="torch.compile the field for synthesis and scoring (validation, evaluate, synthesize, "
                           "promotion); null = on CUDA")

@@ -69,6 +69,12 @@ class TrackingConfig(Section):
     promote_metric: str = Field("test/ssim_mean", description="higher is better unless promote_mode is min")
     promote_mode: Literal["max", "min"] = "max"
     log_checkpoints: bool = Field(True, description="each trial's best checkpoint as a run artifact")
+    system_metrics: bool = Field(
+        True, description="MLflow's system metrics (system/cpu_utilization_percentage, system/gpu_<i>_utilization_percentage, "
+                          "memory, power) of rank 0's node on each trial's run, per epoch (bidpm.train.system)")
+    system_metrics_interval_s: float = Field(
+        10.0, gt=0.0, description="seconds between samples (MLflow's default sampling interval); each epoch's value "
+                                  "is the mean of its samples plus one taken at its report")
     git_commit: Optional[str] = Field(
         None,
         description="commit tagged on runs (bidpm.git_commit); None: `git rev-parse HEAD` of the checkout at the "

@@ -43,8 +43,13 @@ class TrainConfig(Section):
     torch_threads: Optional[int] = Field(
         None, ge=1, description="torch.set_num_threads in each worker; None keeps Ray's (OMP_NUM_THREADS from the CPU request)"
     )
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype on CUDA; CPU always runs fp32")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast dtype on any device (CPU too); fp16 adds loss scaling (GradScaler)")
     # Speed and memory switches (bidpm.model.runtime): null = on for CUDA workers, off on CPU.
+    matmul_precision: Optional[Literal["highest", "high", "medium"]] = Field(
+        None, description="torch.set_float32_matmul_precision (training and scoring); null = high on CUDA "
+                          "(TF32 on Ampere+), CPU untouched")
+    cudnn_benchmark: Optional[bool] = Field(None, description="cuDNN autotuning per input shape; null = on CUDA")
     compile: Optional[bool] = Field(None, description="torch.compile the velocity field once per worker; null = on CUDA")
     compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]] = Field(
         None, description="torch.compile mode; null = inductor's default (reduce-overhead adds CUDA graphs)")
@@ -57,6 +62,10 @@ class TrainConfig(Section):
         False, description="activation checkpointing of each network evaluation in the Euler unrolls: memory for N "
                            "steps stays near one evaluation's activations plus the N+1 states, for ~1/3 more compute; "
                            "same gradients")
+    gpu_memory_gb: Optional[float] = Field(
+        None, gt=0.0, description="GPU memory per worker (vendor GB) of the node type trials run on: train, tune_steps "
+                                  "and study refuse a config whose estimated step peak (bidpm plan) exceeds it; "
+                                  "null = the cluster's accelerator_type where Ray reports one, else not checked")
     prefetch_batches: int = Field(2, ge=0, description="batches Ray Data prepares (and moves to the device) ahead of use")
     pin_memory: Optional[bool] = Field(None, description="pinned host batches for asynchronous copies; null = on CUDA")
     epochs: int = Field(2, ge=1)
@@ -77,6 +86,9 @@ class TrainConfig(Section):
     )
     shuffle_buffer_rows: Optional[int] = Field(256, ge=1, description="per-worker local shuffle buffer (rows) of every train stream; null = no local shuffle (rows then arrive in shard order: for measurements only)")
     checkpoint_keep: int = Field(2, ge=1)
+    checkpoint_upload: Literal["async", "sync"] = Field(
+        "async", description="rank 0's checkpoint upload in ray.train.report: async uploads on Ray's background thread "
+                             "while the next epoch trains (Ray 2.60 CheckpointUploadMode.ASYNC, alpha; bidpm.train.upload), sync waits")
     checkpoint_score: str = Field("val/ssim_mean", description="reported metric that ranks checkpoints for retention")
     checkpoint_score_mode: Literal["max", "min"] = "max"
     storage_path: str = Field("ray_results", description="relative paths resolve under output_dir; URIs kept as is")

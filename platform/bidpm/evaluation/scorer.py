@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
@@ -11,6 +10,7 @@ from torch import Tensor
 
 from ..method.solver import DIRECTIONS, Direction
 from ..metrics.image import image_metrics
+from ..model import runtime
 from .scale import SCALES, to_scale
 from .scores import METRICS, SHORT, Evaluation, GridScores, GridSpec
 from .volumes import VolumeScorer
@@ -46,13 +46,6 @@ def _images(a: Any, device: torch.device) -> Tensor:
     return t.to(device=device, dtype=torch.float32)
 
 
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def evaluate(
     model: Sampler,
     batches: Iterable[Any],
@@ -70,7 +63,7 @@ def evaluate(
     ``subject``/``slice``; attributes or mapping keys) in both directions on every grid.
 
     ``model`` must already sit on ``device``; batches are moved there one at a time. The network runs
-    under ``torch.inference_mode`` and, on CUDA, autocast at ``precision``; metrics run in float32.
+    under ``torch.inference_mode`` and autocast at ``precision`` (any device); metrics run in float32.
     ``volumes``: also put each subject's slices back into volumes and score them in 3-D on the main
     (training) grid (``evaluation.volumes``; batches must then carry ``subject``/``slice``).
     Raises ValueError when no batch arrives (an empty split).
@@ -81,7 +74,7 @@ def evaluate(
     acc = {spec: {d: {m: [] for m in METRICS} for d in SHORT.values()} for spec in grids}
     ids: list[tuple[str, int]] = []
     shown: list[list[Tensor]] = [[], [], [], []]
-    autocast = _autocast(precision, device)
+    autocast = runtime.autocast(precision, device)
     main = next((g for g in grids if g.training_grid), grids[0])
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:

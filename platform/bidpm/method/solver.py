@@ -43,6 +43,9 @@ def euler_states(model: nn.Module, x: Tensor, grid: Sequence[float], direction: 
     x: (B, ...); returns N + 1 tensors of x's shape (``states[0]`` is x for forward, ``states[N]`` for backward).
     """
     g = check_grid(grid)
+    times_rule = getattr(model, "check_times", None)  # a field defined at some times only (model.cyclegan)
+    if callable(times_rule):
+        times_rule(g)  # on the host grid: the field itself never reads t back from the device
     n_steps = len(g) - 1
     if direction == "forward":
         states = [x]

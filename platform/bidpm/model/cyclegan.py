@@ -20,6 +20,8 @@ convolutions, C64-C128-C256-C512, instance norm, LeakyReLU 0.2), widths scaled b
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -67,16 +69,30 @@ class CycleGANField(nn.Module):
         return torch.tanh(x + g(x, torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)))
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
-        value = float(t.flatten()[0]) if isinstance(t, Tensor) else float(t)
-        mode = MODES.get(value)
-        if mode is None:
-            raise ValueError(f"CycleGAN is a one-step map: it has no field at t={value}; synthesise on the grid [0, 1] "
+        """A number t (the objective's calls) picks one module on the host. A time tensor (the Euler
+        solver's (B,) times: synthesis, scoring) is selected on the device, row by row: reading it back
+        (``float(t[0])``) was a host sync per step and a graph break under torch.compile. Both generators
+        then run (twice the compute of one, for a one-step baseline); t = 0 rows get G_st, t = 1 rows G_ts,
+        exactly as before, any other row NaN (``check_times`` refuses such grids before any step)."""
+        if not isinstance(t, Tensor):
+            mode = MODES.get(float(t))
+            if mode is None:
+                self.check_times([float(t)])
+            if mode == "g_st":
+                return self.generate(x, "g_st") - x
+            if mode == "g_ts":
+                return x - self.generate(x, "g_ts")
+            return (self.d_s if mode == "d_s" else self.d_t)(x)
+        tt = t.reshape(-1, *([1] * (x.dim() - 1)))
+        fwd, bwd = self.generate(x, "g_st") - x, x - self.generate(x, "g_ts")
+        return torch.where(tt == 0, fwd, torch.where(tt == 1, bwd, torch.full_like(fwd, float("nan"))))
+
+    def check_times(self, grid: Sequence[float]) -> None:
+        """The field exists at t = 0 and 1 only; called by the solver (``euler_states``) on the host grid."""
+        bad = [float(t) for t in grid if float(t) not in (0.0, 1.0)]
+        if bad:
+            raise ValueError(f"CycleGAN is a one-step map: it has no field at t={bad[0]}; synthesise on the grid [0, 1] "
                              f"(--steps 1)")
-        if mode == "g_st":
-            return self.generate(x, "g_st") - x
-        if mode == "g_ts":
-            return x - self.generate(x, "g_ts")
-        return (self.d_s if mode == "d_s" else self.d_t)(x)
 
     def generator_parameters(self) -> int:
         return sum(p.numel() for p in (*self.g_st.parameters(), *self.g_ts.parameters()))

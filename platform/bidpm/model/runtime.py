@@ -13,11 +13,16 @@ Bi-DPM keeps every Euler state for the gradient (Eq. 6): memory grows linearly w
 ``checkpoint_evaluations`` recomputes each evaluation's activations in the backward pass so only the
 N + 1 states and one evaluation's activations are held.
 
+Precision (``autocast``, ``grad_scaler``) is device-agnostic: the same autocast branch runs on CPU and
+CUDA, so CI exercises what a GPU run does. ``set_backends`` holds the process-wide CUDA switches (TF32,
+cuDNN autotuning) a worker sets at its start.
+
 Imports torch only (no Ray, no MLflow): the GPU benchmark runs this module on a bare machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable, Optional
 
 import torch
@@ -25,7 +30,10 @@ from torch import nn
 
 from .ema import unwrap_model
 
-__all__ = ["compile_field", "inference_field", "make_adam", "resolve", "set_checkpointing", "to_channels_last"]
+__all__ = ["PRECISIONS", "autocast", "compile_field", "grad_scaler", "inference_field", "make_adam", "resolve",
+           "set_backends", "set_checkpointing", "to_channels_last"]
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # train/evaluation.precision -> dtype
 
 
 def resolve(flag: Optional[bool], device: torch.device | str) -> bool:
@@ -33,6 +41,56 @@ def resolve(flag: Optional[bool], device: torch.device | str) -> bool:
     if flag is None:
         return torch.device(device).type == "cuda"
     return bool(flag)
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` at ``precision`` on ``device``'s type, CPU included; fp32 -> no autocast.
+
+    The one switch of training, validation, scoring and synthesis (``train``/``evaluation.precision``).
+    CPU autocast does bf16 and fp16 (checked on torch 2.14.1: convolutions, linear and matmul run in the
+    asked dtype), so CPU runs now take the same branch as CUDA runs instead of silently staying fp32.
+    Numerically fragile parts switch it off themselves (``losses.mmd``, ``metrics.image``). Callers may
+    enter the returned object repeatedly, but not nested.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: unknown {precision!r}; use one of {list(PRECISIONS)}")
+    dtype, kind = PRECISIONS[precision], torch.device(device).type
+    if dtype is None:
+        return contextlib.nullcontext()
+    if not torch.amp.is_autocast_available(kind):
+        raise ValueError(f"precision={precision}: torch has no autocast on {kind}; use precision fp32 there")
+    return torch.autocast(kind, dtype=dtype)
+
+
+def grad_scaler(precision: str, device: torch.device | str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 (its 5-bit exponent flushes small gradients to zero) on ``device``'s type;
+    disabled (a pass-through with an empty state dict) for fp32 and bf16, whose range is fp32's.
+
+    ``torch.amp.GradScaler("cpu")`` works on torch 2.14.1 (found by experiment, held by
+    tests/unit/test_precision.py): scale, ``unscale_`` (CPU kernel of the inf check), skipped steps
+    on inf/NaN gradients with back-off, growth, and ``state_dict``/``load_state_dict`` (plain floats, so
+    a CUDA run's checkpoint resumes on CPU and back). So fp16 scales on CPU exactly as on CUDA.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: unknown {precision!r}; use one of {list(PRECISIONS)}")
+    return torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
+
+
+def set_backends(matmul_precision: Optional[str], cudnn_benchmark: Optional[bool],
+                 device: torch.device | str) -> dict[str, object]:
+    """Process-wide switches at a worker's (or scorer's) start; returns what is now in force.
+
+    ``matmul_precision`` (``train.matmul_precision``): ``torch.set_float32_matmul_precision``; None = "high"
+    on CUDA (fp32 matmuls on TF32 tensor cores, Ampere and newer: ~8x the fp32 rate, 10-bit mantissa
+    inputs, fp32 sums) and untouched on CPU, where "high"/"medium" may let oneDNN compute fp32 matmuls in
+    bf16. ``cudnn_benchmark`` (``train.cudnn_benchmark``, None = on CUDA): cuDNN times its algorithms once
+    per input shape and keeps the fastest; pays for the fixed shapes of training and scoring.
+    """
+    on_cuda = torch.device(device).type == "cuda"
+    if matmul_precision is not None or on_cuda:
+        torch.set_float32_matmul_precision(matmul_precision or "high")
+    torch.backends.cudnn.benchmark = resolve(cudnn_benchmark, device)
+    return {"matmul_precision": torch.get_float32_matmul_precision(), "cudnn_benchmark": torch.backends.cudnn.benchmark}
 
 
 def set_checkpointing(net: nn.Module, on: bool) -> nn.Module:

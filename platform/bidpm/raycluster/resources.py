@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 
 _PG_RESOURCE = re.compile(r"_group_(\d+_)?[0-9a-f]{20,}$")     # Ray's per-placement-group resources (CPU_group_<id>)
 
-__all__ = ["amount", "check_fits", "cluster_can_grow", "concurrency", "describe", "shortfall", "task_options",
+__all__ = ["amount", "check_fits", "check_gpu_memory", "gpu_memory_gb", "cluster_can_grow", "concurrency", "describe", "shortfall", "task_options",
            "trial_request", "waiting_note", "worker_request"]
 
 
@@ -128,3 +128,39 @@ def check_fits(cfg: Any, limit: Optional[Mapping[str, float]] = None, can_grow: 
             + (f"tune.trial_cpus={cfg.tune.trial_cpus:g} + " if with_trial else "") + f"train.num_workers={tc.num_workers} x "
             f"(train.cpus_per_worker={tc.cpus_per_worker:g}" + (f", train.gpus_per_worker={tc.gpus_per_worker:g}" if tc.use_gpu else "")
             + "); lower them or use a larger cluster. Nothing was run")
+
+
+def gpu_memory_gb(cfg: Any) -> tuple[Optional[float], str]:
+    """(GB per GPU, where that came from) for the memory pre-flight: ``train.gpu_memory_gb``, else the
+    smallest card among the cluster's ``accelerator_type:*`` resources (running nodes, or the node types an
+    autoscaler publishes), else (None, why)."""
+    if cfg.train.gpu_memory_gb:
+        return cfg.train.gpu_memory_gb, "train.gpu_memory_gb"
+    import ray
+
+    from ..plan.gpus import smallest_accelerator_gb
+
+    names = set(ray.cluster_resources()) | set(max_cluster_resources() or {})
+    found = smallest_accelerator_gb(names)
+    if found is None:
+        return None, "no accelerator_type known to Ray; set train.gpu_memory_gb to check"
+    return found[1], f"the cluster's accelerator_type:{found[0]}"
+
+
+def check_gpu_memory(cfg: Any, job: str, print_fn: Any = print, cases: Optional[list[Any]] = None) -> None:
+    """Before any trial of a GPU run: refuse (``ConfigError``, with the fixes) a case whose estimated step
+    peak exceeds the GPU (``bidpm.plan``; ``cases``: a room's own, e.g. a study's); say in one line what
+    was checked, or why nothing was."""
+    if not cfg.train.use_gpu:
+        return
+    from ..plan.preflight import check_plan
+
+    gb, source = gpu_memory_gb(cfg)
+    if gb is None:
+        print_fn(f"[bidpm] GPU memory pre-flight skipped: {source}")
+        return
+    plan = check_plan(cfg, job, gb, source, cases)
+    if plan is not None:
+        worst = max(plan.cases, key=lambda c: c.memory.peak_gib if c.memory else 0.0)
+        print_fn(f"[bidpm] GPU memory pre-flight: {len(plan.cases)} cases fit {gb:g} GB ({source}); largest "
+                 f"{worst.label} ~{worst.memory.peak_gib:.1f} of {plan.limit_gib:.1f} GiB usable per worker")

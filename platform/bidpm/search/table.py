@@ -20,7 +20,7 @@ FINAL_COLUMNS = (
     ("trial", "trial"), ("N", "n_steps"), ("grid", "time_grid"), ("w_n", "step_weights"), ("lambda_u", "lambda_unpaired"),
     ("kernel", "mmd_kernel"), ("fwd SSIM", "val/fwd_ssim_mean"), ("bwd SSIM", "val/bwd_ssim_mean"),
     ("fwd PSNR", "val/fwd_psnr_mean"), ("bwd PSNR", "val/bwd_psnr_mean"), ("objective", "objective"),
-    ("epochs", "epochs"), ("status", "status"),
+    ("epochs", "epochs"), ("device-h", "device_hours"), ("status", "status"),
 )
 
 
@@ -40,8 +40,12 @@ def trial_row(trial: str, overrides: Mapping[str, Any], history: Sequence[Mappin
 
     history: the trial's reported results in order (dicts with ``metric`` and the val/* keys).
     status: finished (all epochs), stopped (ASHA early stop), error.
+    Cost (``bidpm.tune.cost``): the last report's running total over every attempt - ``device_hours`` of
+    ``device`` (GPU/CPU), ``train_s`` wall seconds - and that report's ``time_total_s`` (Tune's, last attempt only).
     """
     best = Objective(metric, mode).best(history) or {}    # the epoch the MLflow callback picks too
+    last = max((h for h in history if isinstance(h.get("cost/device_hours"), (int, float))
+                and math.isfinite(h["cost/device_hours"])), key=lambda h: h["cost/device_hours"], default={})
     epochs = max((int(h.get("training_iteration", 0)) for h in history), default=0)
     grid = list(overrides.get("method.time_grid", []))
     row: dict[str, Any] = {
@@ -56,6 +60,8 @@ def trial_row(trial: str, overrides: Mapping[str, Any], history: Sequence[Mappin
         "status": "error" if error else ("finished" if epochs >= max_epochs else "stopped"),
         "checkpoint_path": best.get("checkpoint_path"),
         "overrides": dict(overrides),
+        "device_hours": last.get("cost/device_hours"), "device": last.get("cost/device"),
+        "devices": last.get("cost/devices"), "train_s": last.get("cost/train_s"), "time_total_s": last.get("time_total_s"),
     }
     for key in ("val/fwd_ssim_mean", "val/bwd_ssim_mean", "val/fwd_psnr_mean", "val/bwd_psnr_mean"):
         row[key] = best.get(key)
@@ -68,10 +74,12 @@ def best_row(rows: Iterable[Mapping[str, Any]], mode: str) -> Optional[Mapping[s
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], best_trial: Optional[str] = None) -> str:
-    """The final table; the best trial is marked with '*'."""
+    """The final table; the best trial is marked with '*'; the cost column is named by its unit (GPU-h / CPU-h)."""
     body = [[_fmt(r.get(k)) + ("*" if c == "trial" and r.get("trial") == best_trial else "") for c, k in FINAL_COLUMNS]
             for r in rows]
-    return fixed_width([c for c, _ in FINAL_COLUMNS], body)
+    kinds = {r.get("device") for r in rows} - {None}
+    unit = f"{kinds.pop()}-h" if len(kinds) == 1 else "device-h"
+    return fixed_width([unit if c == "device-h" else c for c, _ in FINAL_COLUMNS], body)
 
 
 # ------------------------------------------------------------------------------------------- live table

@@ -19,10 +19,10 @@ __all__: list[str] = []
 def _trial(config: dict[str, Any], base_cfg: dict[str, Any], datasets: Optional[dict[str, Any]]) -> None:
     """One trial (module docstring). Its name is Tune's trainable name, which a restored experiment
     checks: it stays ``_trial``."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from ..train import run_training
+    from ..tune.cost import ATTEMPTS, AttemptClock, held_devices
 
     cfg = trial_config(config_from_dict(base_cfg, origin="study config"), overrides_of(config))
-    run_training(cfg, callbacks=[TuneReportCallback()], resume=True, name=train_run_name(tune.get_context().get_trial_name()),
-                 storage_path=experiment_dir(cfg, cfg.tune.experiment_name) + "/" + TRAIN_RUNS, datasets=datasets)
+    name, runs = train_run_name(tune.get_context().get_trial_name()), experiment_dir(cfg, cfg.tune.experiment_name) + "/" + TRAIN_RUNS
+    with AttemptClock(f"{runs}/{name}/{ATTEMPTS}", *held_devices(cfg.train)) as clock:   # device-hours, every attempt
+        run_training(cfg, callbacks=[clock.callback()], resume=True, name=name, storage_path=runs, datasets=datasets)

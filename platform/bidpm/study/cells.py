@@ -169,7 +169,7 @@ def spec_digest(cfg: Config) -> tuple[str, dict[str, Any]]:
     for k in ("tracking", "tune"):
         raw.pop(k, None)
     raw["study"] = {k: v for k, v in raw["study"].items() if k not in ("max_concurrent_trials", "bootstrap_samples")}
-    raw["train"] = {k: v for k, v in raw["train"].items() if k not in ("max_failures", "controller_failure_limit")}
+    raw["train"] = {k: v for k, v in raw["train"].items() if k not in ("max_failures", "controller_failure_limit", "gpu_memory_gb")}
     text = json.dumps(raw, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16], raw
 
@@ -210,13 +210,36 @@ def cells_by_id(cfg: Config) -> dict[str, Cell]:
     return {c.id: c for c in expand_cells(cfg)}
 
 
+def _only_new_defaults(cfg: Config, old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Same design after an upgrade: ``new`` differs from ``old`` only by section fields added since the
+    folder was made (absent from ``old``) that hold their defaults - a study resumes across versions."""
+    if set(old) != set(new):
+        return False
+    for section, values in new.items():
+        before = old[section]
+        if not isinstance(values, dict) or not isinstance(before, dict):
+            if values != before:
+                return False
+            continue
+        fields = getattr(type(getattr(cfg, section, None)), "model_fields", {})
+        for key, value in values.items():
+            if key in before:
+                if before[key] != value:
+                    return False
+            elif key not in fields or value != json.loads(json.dumps(fields[key].get_default(call_default_factory=True), default=str)):
+                return False
+        if set(before) - set(values):
+            return False
+    return True
+
+
 def check_spec(cfg: Config) -> None:
     """Refuse a study folder made for another design; record the spec for a new one."""
     digest, spec = spec_digest(cfg)
     loc = storage.join(study_dir(cfg), SPEC_FILE)
     if storage.is_file(loc):
         old = json.loads(storage.read_bytes(loc))
-        if old["digest"] != digest:
+        if old["digest"] != digest and not _only_new_defaults(cfg, old["spec"], spec):
             changed = sorted(k for k in set(old["spec"]) | set(spec) if old["spec"].get(k) != spec.get(k))
             raise ConfigError(f"study.name={cfg.study.name!r}: {study_dir(cfg)} holds a study of another design "
                               f"(sections changed: {changed}); its cells would mix with these. Choose a new "

@@ -1,7 +1,8 @@
 """A study's report under ``<study folder>/report/``, written atomically and logged to its MLflow parent
 run: report.md, Table 1 (100% paired) and Table 2 (``study.table2_ratio``, 100% in brackets) as markdown +
-CSV, Figures 5 and 7 as PNG + CSV and significance - for each training fraction - then cost and every
-cell's scores (cells.csv / cells.json).
+CSV, Figures 5 and 7 as PNG + CSV and significance - for each training fraction - then cost (per method, per
+method x pairing ratio and per cell, with device-hours over every attempt) and every cell's scores (cells.csv /
+cells.json).
 """
 
 from __future__ import annotations
@@ -47,13 +48,18 @@ def write_report(cfg: Config, folder: str, cells: list[dict[str, Any]], client: 
         files.update({"scaling.png": scaling["files"]["scaling.png"], "scaling.csv": T.to_csv(scaling["files"]["scaling.csv"])})
         printed.append(scaling["printed"])
     cost, cost_rows = T.cost_table(cells, cfg)
+    per_cell, cell_cost_rows = T.cell_costs(cells)
+    cost += (f"\n\nDevice-hours ({T.device_unit(cells)}: wall seconds of each cell's Ray Train fit() x the GPUs - or, "
+             f"on CPU workers, CPUs - its workers reserved, summed over every attempt; scoring not counted), per "
+             f"method and pairing ratio:\n\n{T.ratio_costs(cells, cfg)}")
     flat = [{"cell": c["cell"]["id"], **c["cell"], "grid": g["label"], "nfe": g["steps"], **g["summary"], **c["cost"]}
             for c in cells for g in c["grids"]]
     note = (f"{scale_note(cfg.evaluation.scale)}. Cells: a ± b [c] = mean over {len(st.seeds)} seed(s) ± std over "
             f"seeds [per-image spread]. Bi-DPM at its training grid, CycleGAN one step, baselines at their best NFE of "
             f"{st.baseline_nfe} on the test split (which favours them).")
-    md = "\n\n".join([f"# Study {st.name}", note, *sections, f"## Cost\n\n{cost}"])
+    md = "\n\n".join([f"# Study {st.name}", note, *sections, f"## Cost\n\n{cost}\n\nPer cell (cost_cells.csv):\n\n{per_cell}"])
     files.update({"report.md": md.encode(), "significance.csv": T.to_csv(sig), "cost.csv": T.to_csv(cost_rows),
+                  "cost_cells.csv": T.to_csv(cell_cost_rows),
                   "cells.csv": T.to_csv(flat),
                   "cells.json": json.dumps([c["cell"] | {"checkpoint": c["checkpoint"]} for c in cells], indent=1).encode()})
     out = storage.join(folder, "report")

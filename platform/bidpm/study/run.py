@@ -30,6 +30,7 @@ from ..tune.watchdog import StallWatchdog
 from .cells import Cell, cell_config, cells_by_id, check_cells, check_spec, expand_cells, read_cell, study_dir
 from .progress import CellProgress
 from .report import write_report
+from .memory import study_cases
 from .score import _cell_trial
 
 __all__ = ["StudyResult", "run_study"]
@@ -71,7 +72,7 @@ def run_study(cfg: Config) -> StudyResult:
     from ..raycluster.resources import concurrency
 
     cells = expand_cells(cfg)
-    found = preflight(cfg)                 # a cell larger than a fixed cluster would wait forever
+    found = preflight(cfg, job="study", memory_cases=study_cases(cfg) if cfg.train.use_gpu else None)                 # a cell larger than a fixed cluster would wait forever
     check_cells(cfg, cells, found.manifest)
     where = study_dir(cfg)
     with folder_lease(where, f"study {cfg.study.name!r}"):   # one writer: a second study of this name is refused

@@ -1,6 +1,7 @@
 """One cell as a Tune trial: train it (one Ray Train run, resumable by name), score its best checkpoint
 on the test split at the cell's grids (THE evaluation, in a Ray task with one Train worker's resources),
-write ``cells/<id>.json`` and report. A cell whose file exists reports it and trains nothing.
+write ``cells/<id>.json`` and report. A cell whose file exists reports it and trains nothing. Its cost holds
+the device-hours of its training summed over every attempt (``bidpm.tune.cost``); scoring is not counted.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ def _cell_trial(config: dict[str, Any], base_cfg: dict[str, Any]) -> None:
     a restored study checks: it stays ``_cell_trial``."""
     import ray
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from ..io.checkpoints import checkpoint_location
     from ..raycluster.resources import task_options
     from ..train.launch import best_checkpoint, build_datasets, run_training
+    from ..tune.cost import ATTEMPTS, AttemptClock, held_devices, read_attempts, summed
     from ..tune.names import TRAIN_RUNS, train_run_name
 
     cfg = config_from_dict(base_cfg, origin="study config")
@@ -37,9 +38,11 @@ def _cell_trial(config: dict[str, Any], base_cfg: dict[str, Any]) -> None:
         tune.report(final_metrics(scored))
         return
     t0 = time.time()
-    result = run_training(ccfg, callbacks=[TuneReportCallback()], resume=True,
-                          name=train_run_name(tune.get_context().get_trial_name()),
-                          storage_path=study_dir(cfg) + "/" + TRAIN_RUNS, datasets=build_datasets(ccfg))
+    name, runs = train_run_name(tune.get_context().get_trial_name()), study_dir(cfg) + "/" + TRAIN_RUNS
+    attempts, datasets = f"{runs}/{name}/{ATTEMPTS}", build_datasets(ccfg)
+    with AttemptClock(attempts, *held_devices(ccfg.train)) as clock:     # device-hours over every attempt (tune.cost)
+        result = run_training(ccfg, callbacks=[clock.callback()], resume=True, name=name, storage_path=runs,
+                              datasets=datasets)
     wall = time.time() - t0
     ck = checkpoint_location(best_checkpoint(result, ccfg).path, ccfg.storage_path)
     # the scoring task asks for one Train worker's resources OUTSIDE the trial's own small reservation
@@ -49,7 +52,8 @@ def _cell_trial(config: dict[str, Any], base_cfg: dict[str, Any]) -> None:
     m = result.metrics or {}
     scores.update(cell=cell.as_dict(), checkpoint=ck,
                   cost={"train_wall_s": wall, "images_per_s": m.get("train/images_per_s"),
-                        "peak_mem_mb": m.get("train/peak_mem_mb"), "epochs": m.get("epoch")})
+                        "peak_mem_mb": m.get("train/peak_mem_mb"), "epochs": m.get("epoch"),
+                        **summed(read_attempts(attempts))})
     storage.write_bytes_atomic(loc, json.dumps(scores).encode())
     tune.report(final_metrics(scores))
 

@@ -147,11 +147,54 @@ def to_csv(rows: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
+def device_unit(cells: list[dict]) -> str:
+    """``GPU-h`` / ``CPU-h``: what the cells' device-hours count (``bidpm.tune.cost``); ``device-h`` if mixed or unknown."""
+    kinds = {c["cost"].get("device") for c in cells} - {None}
+    return f"{kinds.pop()}-h" if len(kinds) == 1 else "device-h"
+
+
+def _hours(group: list[dict]) -> float:
+    """Device-hours summed over ``group`` (cells scored before it was recorded count as nan)."""
+    return float(sum(c["cost"].get("device_hours", np.nan) for c in group)) if group else float("nan")
+
+
+def cell_costs(cells: list[dict]) -> tuple[str, list[dict]]:
+    """One row per cell: its training's attempts, wall seconds over them, devices held and device-hours."""
+    unit = device_unit(cells)
+    lines = [f"| cell | method | ratio | fraction | seed | attempts | train s (all attempts) | devices | {unit} |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for c in sorted(cells, key=lambda c: c["cell"]["id"]):
+        k, cost = c["cell"], c["cost"]
+        rows.append({"cell": k["id"], "method": k["label"], "ratio": k["ratio"], "fraction": k["fraction"],
+                     "seed": k["seed"], "attempts": cost.get("attempts"), "train_s": cost.get("train_s", np.nan),
+                     "devices": cost.get("devices"), "device": cost.get("device"),
+                     "device_hours": cost.get("device_hours", np.nan)})
+        r = rows[-1]
+        lines.append(f"| {r['cell']} | {r['method']} | {r['ratio']:g} | {r['fraction']:g} | {r['seed']} | "
+                     f"{r['attempts'] or '-'} | {r['train_s']:.0f} | {r['devices'] or '-'} | {r['device_hours']:.4f} |")
+    return "\n".join(lines), rows
+
+
+def ratio_costs(cells: list[dict], cfg: Any) -> str:
+    """Device-hours per method (rows) and pairing ratio (columns), summed over seeds and training fractions."""
+    ratios = sorted({c["cell"]["ratio"] for c in cells}, reverse=True)
+    lines = ["| method | " + " | ".join(f"{r:.0%} paired" for r in ratios) + " | all |", "|---|" + "---|" * (len(ratios) + 1)]
+    for meth in cfg.study.methods:
+        group = [c for c in cells if c["cell"]["label"] == meth.label]
+        if group:
+            per = [_hours([c for c in group if c["cell"]["ratio"] == r]) for r in ratios]
+            lines.append(f"| {meth.label} | " + " | ".join(f"{h:.4f}" for h in per) + f" | {_hours(group):.4f} |")
+    return "\n".join(lines)
+
+
 def cost_table(cells: list[dict], cfg: Any) -> tuple[str, list[dict]]:
-    """Training wall time, images/s, peak memory and parameters per method (mean over its cells)."""
+    """Training wall time, images/s, peak memory and parameters per method (mean over its cells), and its
+    device-hours summed over its cells and their attempts."""
     with_fid = any("fid_fwd" in c for c in cells)
-    lines = ["| method | cells | train wall s | images/s | peak MB (worker) | parameters |" + (" FID fwd |" if with_fid else ""),
-             "|---|---|---|---|---|---|" + ("---|" if with_fid else "")]
+    unit = device_unit(cells)
+    lines = [f"| method | cells | train wall s | images/s | peak MB (worker) | parameters | {unit} (sum) |"
+             + (" FID fwd |" if with_fid else ""), "|---|---|---|---|---|---|---|" + ("---|" if with_fid else "")]
     rows = []
     for meth in cfg.study.methods:
         group = [c for c in cells if c["cell"]["label"] == meth.label]
@@ -162,11 +205,11 @@ def cost_table(cells: list[dict], cfg: Any) -> tuple[str, list[dict]]:
         fid = float(np.mean([c.get("fid_fwd", np.nan) for c in group]))
         rows.append({"method": meth.label, "cells": len(group), "train_wall_s": mean("train_wall_s"),
                      "images_per_s": mean("images_per_s"), "peak_mem_mb": mean("peak_mem_mb"), "params": params,
-                     "fid_fwd": fid})
+                     "fid_fwd": fid, "device_hours": _hours(group), "device_unit": unit})
         r = rows[-1]
         lines.append(f"| {meth.label} | {r['cells']} | {r['train_wall_s']:.0f} | {r['images_per_s']:.1f} | "
-                     f"{r['peak_mem_mb']:.0f} | {params:,}{' (generators)' if 'params_generators' in group[0] else ''} |"
-                     + (f" {fid:.2f} |" if with_fid else ""))
+                     f"{r['peak_mem_mb']:.0f} | {params:,}{' (generators)' if 'params_generators' in group[0] else ''} | "
+                     f"{r['device_hours']:.4f} |" + (f" {fid:.2f} |" if with_fid else ""))
     note = "" if with_fid else ("\n\nFID: not computed (study.fid=false, or the Inception v3 weights are not in "
                                 "TORCH_HOME's hub cache; see bidpm.metrics.fid)")
     return "\n".join(lines) + note, rows

@@ -7,7 +7,7 @@
     model          state_dict of u_theta (unwrapped from DDP: no ``module.`` prefix)
     ema            EMA.state_dict() (its averaged module + decay, warm-up, update count)
     optimizer      Adam state_dict
-    scaler         GradScaler state_dict (fp16 on CUDA) or None
+    scaler         GradScaler state_dict (fp16, on any device) or None
     step, epoch    optimizer steps done, epochs completed (1-based: epoch 1 is done after the first)
     config         the resolved Config as a dict (``Config.to_dict()``)
     manifest_digest  content digest of the shards trained on (resume refuses other shards)
@@ -105,6 +105,20 @@ def load_checkpoint_model(path: Any, map_location: str | torch.device = "cpu") -
     ema = EMA(build_velocity_field(cfg.model, image_size), decay=cfg.train.ema_decay)
     ema.load_state_dict(state["ema"])
     return model.to(map_location).eval(), ema.module.to(map_location).eval(), cfg
+
+
+def restore_state(state: dict[str, Any], model: nn.Module, ema: EMA,
+                  scaler: torch.amp.GradScaler) -> tuple[Optional[dict], int, int]:
+    """A resume (``train.loop``): weights, EMA and the fp16 loss scale back from ``state``; returns
+    (optimizer state, step, finished epochs); the optimizer is built later, on the prepared model.
+
+    The scale matters: a fresh scaler restarts at 2^16 and skips steps backing off again. A checkpoint
+    without scaler state (fp32/bf16) leaves the scaler as built; a disabled scaler ignores one."""
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    if state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    return state["optimizer"], int(state["step"]), int(state["epoch"])
 
 
 def check_resumable(state: dict[str, Any], cfg: Config, manifest_digest: str) -> None:

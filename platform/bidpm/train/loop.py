@@ -3,17 +3,18 @@
 1. config, rank, device; seed so every rank builds the same initial u_theta
 2. model, EMA (paper 3.2), Adam (paper: lr 1e-4 constant, no schedule), method objective
 3. resume from ``ray.train.get_checkpoint()`` (same run name, or a worker-group restart after a failure):
-   weights, EMA, optimizer, step and finished epochs come back; finished epochs are not redone
+   weights, EMA, optimizer, GradScaler, step and finished epochs come back; finished epochs are not redone
 4. speed switches (``model.runtime``; on CUDA by default): channels_last, activation checkpointing of
    the unroll, torch.compile once per worker (the EMA copy compiled too, for validation), fused Adam;
    then DDP via ``ray.train.torch.prepare_model`` (gloo on CPU, NCCL on GPU: Ray picks from ``use_gpu``)
-5. per epoch: stream this worker's shard (batches.py), autocast on CUDA, gradient accumulation (an
+5. per epoch: stream this worker's shard (batches.py), autocast (any device), gradient accumulation (an
    epoch's leftover micro-batches make one last, smaller step) and clipping, EMA update after each
    optimizer step. Nothing in a step reads a value back from the device: loss components are summed on
    the device and fetched once, when the epoch reports
 6. per epoch: report the averaged loss components and throughput; rank 0 also validates the EMA
    weights on the whole val split in both directions on the method's own time grid, writes a
-   checkpoint + sample grid and passes it to ``ray.train.report``; other ranks report metrics only
+   checkpoint + sample grid and passes it to ``ray.train.report`` (uploaded in the background by default:
+   upload.py) with its node's system metrics (system.py); other ranks report metrics only
 
 Validation runs on rank 0 over the *whole* val split (the val dataset is not split across workers):
 the numbers do not depend on the worker count, and Tune reads rank 0's metrics anyway.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from collections import defaultdict
 from typing import Any, Iterable, Iterator
@@ -41,8 +41,10 @@ from bidpm.evaluation import Evaluation, FieldSampler, GridSpec, evaluate
 from bidpm.model import EMA, build_velocity_field
 from bidpm.model import runtime
 from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, VAL, worker_batches
-from bidpm.train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
+from bidpm.train.checkpoint import check_resumable, load_checkpoint, restore_state, save_checkpoint
 from bidpm.train.samples import save_sample_grid
+from bidpm.train.system import system_sampler
+from bidpm.train.upload import checkpoint_folder, upload_options
 from bidpm.train.step import apply_gradients, average_partial_group, flag_last
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -63,8 +65,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_velocity_field(cfg.model, image_size)
     ema = EMA(model, decay=tc.ema_decay, warmup=tc.ema_warmup)
     method = build_method(cfg.method).to(device)
-    autocast = _autocast(tc.precision, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and tc.precision == "fp16")
+    runtime.set_backends(tc.matmul_precision, tc.cudnn_benchmark, device)  # TF32, cuDNN autotuning: CUDA
+    autocast = runtime.autocast(tc.precision, device)  # any device: CPU runs bf16/fp16 too
+    scaler = runtime.grad_scaler(tc.precision, device)  # fp16 only; its state is in every checkpoint
 
     # 3. resume ------------------------------------------------------------------------------------
     step, done_epochs, opt_state = 0, 0, None
@@ -72,11 +75,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)
         check_resumable(state, cfg, manifest_digest)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt_state, step, done_epochs = state["optimizer"], state["step"], state["epoch"]
-        if state["scaler"] is not None:
-            scaler.load_state_dict(state["scaler"])
+        opt_state, step, done_epochs = restore_state(state, model, ema, scaler)
     resumed_from_step = step
 
     # 4. speed switches, DDP, optimizer (built on the prepared model's parameters) ----------------
@@ -97,6 +96,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
     train_names = [n for n in (ALL_PAIRED, UNPAIRED, PAIRED, UNPAIRED_TARGETS) if _has_dataset(n)]
+    sampler = system_sampler(cfg, rank)  # rank 0: MLflow's system monitors on this node (train/system.py)
 
     # 5. epochs ------------------------------------------------------------------------------------
     for epoch in range(done_epochs + 1, tc.epochs + 1):
@@ -159,7 +159,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank != 0:
             ray.train.report(metrics)
             continue
-        with tempfile.TemporaryDirectory(prefix="bidpm-ckpt-") as tmp:
+        with checkpoint_folder(tc.checkpoint_upload) as tmp:  # async: Ray deletes it once uploaded (train/upload.py)
             val_rows = ray.train.get_dataset_shard(VAL).iter_torch_batches(batch_size=tc.batch_size, dtypes=torch.float32)
             scores = validate(val_net, cfg, val_rows, device)
             metrics.update(scores.summary())
@@ -167,8 +167,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             save_checkpoint(tmp, model=model, ema=ema, optimizer=optimizer, step=step, epoch=epoch, cfg=cfg,
                             manifest_digest=manifest_digest, scaler=scaler)
             save_sample_grid(tmp, *shown, modalities=tuple(cfg.data.modalities))
+            metrics.update(sampler.take() if sampler else {})
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
+                             checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}", **upload_options(tc.checkpoint_upload))
+    if sampler:
+        sampler.close()
 
 
 def validate(ema_model: nn.Module, cfg: Config, rows: Iterable[Any], device: torch.device) -> Evaluation:
@@ -205,13 +208,6 @@ def _timed(batches: Iterable[Batch], waits: list[float]) -> Iterator[Batch]:
         if batch is None:
             return
         yield batch
-
-
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on CUDA only; CPU (and fp32) run in float32."""
-    if device.type != "cuda" or precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def _seed_worker(seed: int, epoch: int, rank: int) -> None:

@@ -50,13 +50,15 @@ class Preflight:
     manifest: dict[str, Any]
 
 
-def preflight(cfg: Config, *, registry: bool = False) -> Preflight:
+def preflight(cfg: Config, *, registry: bool = False, job: str = "tune_steps",
+              memory_cases: Optional[list[Any]] = None) -> Preflight:
     """Before any MLflow run or trial: the tracking store answers (and, with ``registry``, its registered
     model name holds this kind of model), one trial fits the cluster (on a fixed cluster Ray Train would
-    wait for it forever), and the shards exist (built on first use: idempotent). Needs a connected Ray."""
+    wait for it forever) and fits its GPUs' memory (``job``'s cases or ``memory_cases``, ``bidpm.plan``), and the shards exist
+    (built on first use: idempotent). Needs a connected Ray."""
     from ..data.manifest import load_manifest
     from ..data.shards import prepare_shards
-    from ..raycluster.resources import check_fits
+    from ..raycluster.resources import check_fits, check_gpu_memory
 
     client = exp_id = None
     if cfg.tracking.enabled:
@@ -64,6 +66,7 @@ def preflight(cfg: Config, *, registry: bool = False) -> Preflight:
         if registry:
             tracking.check_registry(client, cfg)
     check_fits(cfg)
+    check_gpu_memory(cfg, job, cases=memory_cases)
     prepare_shards(cfg)
     return Preflight(client, exp_id, load_manifest(cfg))
 
