@@ -26,6 +26,7 @@ BASE = [
     "train.num_workers=1", "train.cpus_per_worker=0.5", "train.torch_threads=1", "train.precision=bf16",
     "train.batch_size=8", "train.lr=3e-3", "train.ema_warmup=true", f"train.max_steps_per_epoch={STEPS}",
     "train.val_batches=1", "train.checkpoint_keep=3", "train.run_name=bf16-cpu",
+    "train.checkpoint_upload=async",   # the opt-in background upload: its checkpoints resume too
 ]
 
 

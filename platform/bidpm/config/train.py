@@ -87,8 +87,10 @@ class TrainConfig(Section):
     shuffle_buffer_rows: Optional[int] = Field(256, ge=1, description="per-worker local shuffle buffer (rows) of every train stream; null = no local shuffle (rows then arrive in shard order: for measurements only)")
     checkpoint_keep: int = Field(2, ge=1)
     checkpoint_upload: Literal["async", "sync"] = Field(
-        "async", description="rank 0's checkpoint upload in ray.train.report: async uploads on Ray's background thread "
-                             "while the next epoch trains (Ray 2.60 CheckpointUploadMode.ASYNC, alpha; bidpm.train.upload), sync waits")
+        "sync", description="rank 0's checkpoint upload in ray.train.report: async uploads on Ray's background thread "
+                            "while the next epoch trains (Ray 2.60 CheckpointUploadMode.ASYNC, alpha; bidpm.train.upload); "
+                            "sync (default) waits: with async, a driver killed while an upload ran lost that epoch's "
+                            "MLflow metrics in a resumed study (tests/integration/test_object_storage.py)")
     checkpoint_score: str = Field("val/ssim_mean", description="reported metric that ranks checkpoints for retention")
     checkpoint_score_mode: Literal["max", "min"] = "max"
     storage_path: str = Field("ray_results", description="relative paths resolve under output_dir; URIs kept as is")
