@@ -20,6 +20,7 @@ practice - unmeasured on GPU so far, and said in every plan.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -88,7 +89,7 @@ def estimate_step_memory(cfg: Config, device_type: str = "cuda") -> StepMemory:
     b = tc.batch_size
     n_paired = b if cfg.data.pairing_ratio >= 1.0 else b // 2
     low = _LOW.get(tc.precision)
-    policy = cuda_autocast_policy() if device_type == "cuda" and low is not None else _null()
+    policy = cuda_autocast_policy() if device_type == "cuda" and low is not None else contextlib.nullcontext()
     with FakeTensorMode(), policy:
         net = build_velocity_field(cfg.model, (h, w))
         runtime.set_checkpointing(net, tc.checkpoint_unroll)
@@ -116,10 +117,3 @@ def estimate_step_memory(cfg: Config, device_type: str = "cuda") -> StepMemory:
         workspace=int(CUDA_WORKSPACE_GIB * GIB) if device_type == "cuda" else 0,
     )
 
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
