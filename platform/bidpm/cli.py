@@ -51,10 +51,13 @@ def command_parser(doc: str, job: str, overrides_help: str = OVERRIDES_HELP) -> 
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """``--checkpoint`` or ``--model-uri``: the model a job loads (``load_model_arg``)."""
+    """``--checkpoint``, ``--model-uri`` or ``--nfe``: the model a job loads (``load_model_arg``)."""
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="training checkpoint folder (holds state.pt)")
     which.add_argument("--model-uri", help="registered/logged model, e.g. models:/bidpm@champion")
+    which.add_argument("--nfe", type=int, metavar="K",
+                       help="the registered model serving K Euler steps: models:/<tracking.registered_model_name>@champion-nfeK "
+                       "(set by a multi-objective search, tune.objectives)")
 
 
 def parse_job_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> tuple[Config, argparse.Namespace]:
@@ -78,10 +81,17 @@ def load_model_arg(args: argparse.Namespace, cfg: Config, device: str) -> "Any":
     else:
         from .tracking.pyfunc import load_model
 
-        model = load_model(str(args.model_uri), cfg, device)
+        model = load_model(str(args.model_uri or budget_uri(cfg, args.nfe)), cfg, device)
     if config_given(args):
         check_compatible(model.cfg, cfg, model.origin)
     return model.accelerate(cfg)
+
+
+def budget_uri(cfg: Config, nfe: int) -> str:
+    """``models:/<name>@champion-nfe<K>``: the champion of step budget K (``tracking.budgets``)."""
+    if nfe < 1:
+        raise ConfigError(f"--nfe {nfe}: a step budget is >= 1 Euler step")
+    return f"models:/{cfg.tracking.registered_model_name}@champion-nfe{nfe}"
 
 
 def config_given(args: argparse.Namespace) -> bool:

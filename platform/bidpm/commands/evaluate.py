@@ -4,6 +4,7 @@ and per volume in 3-D (paper Table 5; SynthRAD2023's HU metrics where a directio
     python jobs/evaluate.py --checkpoint outputs/quickstart/ray_results/quickstart/checkpoint_000002 \\
         --steps 1,2,5,10 --json outputs/eval.json --plot outputs/eval.png
     python jobs/evaluate.py --config configs/quickstart.yaml --model-uri models:/bidpm-quickstart@champion
+    python jobs/evaluate.py --config configs/pareto_phantom_cpu.yaml --nfe 2    # models:/<registered name>@champion-nfe2
 
 Rows: uniform grids with N = 1, 2, 5, 10 steps (--steps) plus the model's own training grid; columns:
 SSIM, PSNR and MAE (mean +- std over slices) for forward (source -> target) and backward (target ->

@@ -4,6 +4,8 @@
         --input outputs/quickstart/phantoms/BraTS2021_00000/BraTS2021_00000_t1.nii.gz --output outputs/synth
     python jobs/synthesize.py --config configs/quickstart.yaml --model-uri models:/bidpm-quickstart@champion \\
         --input 'outputs/quickstart/phantoms/*/*_t2.nii.gz' --direction backward --steps 2 --output outputs/synth
+    python jobs/synthesize.py --config configs/pareto_phantom_cpu.yaml --nfe 1 \\
+        --input 'outputs/pareto_phantom/phantoms/*/*_t1.nii.gz' --output outputs/synth-1step   # champion-nfe1
 
 --input takes a file, a folder (every NIfTI below it whose name ends in the input modality, e.g.
 ``*_t1.nii.gz`` or ``mr.nii.gz``) or a quoted glob; repeat it for more. ``forward`` maps the model's

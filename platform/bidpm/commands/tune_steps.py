@@ -45,6 +45,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if result.model_version:
         print(f"registered:    {cfg.tracking.registered_model_name} v{result.model_version} (alias challenger"
               f"{', champion' if (result.promotion or {}).get('promoted') else ''})")
+    for k, b in ((result.pareto or {}).get("budgets") or {}).items():
+        print(f"step budget:   {cfg.tracking.registered_model_name} v{b['version']} = {k} step(s) (alias "
+              f"challenger-nfe{k}{', ' + b['alias'] if b['promoted'] else ''}; jobs/synthesize.py --nfe {k})")
+    if result.pareto:
+        print(f"pareto report: {result.pareto['folder']}")
     if cfg.tracking.enabled:
         print(tracking.where(cfg))
     return 0

@@ -11,8 +11,10 @@ from typing import Optional
 METRICS = ("ssim", "psnr", "mae")
 SHORT = {"forward": "fwd", "backward": "bwd"}   # direction -> the key's short name
 TRAIN_KEYS = ("epoch", "step")     # plus anything under train/ (loss components differ per method)
+SYNTHESIS_KEY = "val/synthesis_ms_per_slice"   # every epoch: synthesis time per slice on the training grid, its device
+NFE_KEY = "nfe"                    # every search trial: its Euler steps (a cost objective, search.report)
 
-__all__ = ["METRICS", "SHORT", "TRAIN_KEYS", "metric_problem", "summary_keys"]
+__all__ = ["METRICS", "NFE_KEY", "SHORT", "SYNTHESIS_KEY", "TRAIN_KEYS", "metric_problem", "summary_keys"]
 
 
 def summary_keys(split: str) -> list[str]:
@@ -26,7 +28,7 @@ def metric_problem(name: str, split: str) -> Optional[str]:
     checkpoints are ranked by, "test" for promotion. Checked at load: a name no trial reports was found
     only after the first epoch (61 s into a quickstart), as a traceback."""
     if split == "val":
-        known = summary_keys("val") + list(TRAIN_KEYS)
+        known = summary_keys("val") + list(TRAIN_KEYS) + [SYNTHESIS_KEY]
         if name in known or (name.startswith("train/") and len(name) > 6):
             return None
     else:

@@ -13,7 +13,7 @@ from .base import Section
 from .data import DataConfig
 from .evaluation import EvaluationConfig
 from .method import MethodConfig
-from .metrics import metric_problem
+from .metrics import NFE_KEY, metric_problem
 from .model import ModelConfig
 from .study import StudyConfig
 from .tracking import TrackingConfig
@@ -58,6 +58,10 @@ class Config(Section):
             problem = metric_problem(name, split)
             if problem:
                 raise ValueError(f"{field}: {problem}")
+        for i, obj in enumerate(self.tune.objectives):
+            problem = None if obj.metric == NFE_KEY else metric_problem(obj.metric, "val")
+            if problem:
+                raise ValueError(f"tune.objectives[{i}].metric: {problem} (or {NFE_KEY!r}: the trial's Euler steps)")
         if self.model.kind in ("unet", "cyclegan"):
             f = 2 ** self.model.depth
             h, w = self.data.image_size

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -67,6 +67,13 @@ class SearchSpaceConfig(Section):
         return self
 
 
+class ObjectiveSpec(Section):
+    """One objective of a multi-objective search: a metric every trial reports and its direction."""
+
+    metric: str = Field(description="a reported metric, e.g. val/ssim_mean, nfe (Euler steps = len(time_grid)-1)")
+    mode: Literal["max", "min"] = Field("max", description="max or min")
+
+
 class TuneConfig(Section):
     """Study size, scheduler, objective, per-trial resources and resume.
 
@@ -106,4 +113,49 @@ class TuneConfig(Section):
         "table says 'waiting for N GPUs') and stall_timeout_s does not stop it; false: a fixed cluster (a trial larger "
         "than it is refused before it starts); null: a local Ray the job started is fixed, a cluster it joined "
         "(RAY_ADDRESS, ray job submit) is taken to autoscale")
+    objectives: list[ObjectiveSpec] = Field(
+        default_factory=list,
+        description="multi-objective search (>= 2, e.g. [{metric: val/ssim_mean, mode: max}, {metric: nfe, mode: min}]; "
+        "also val/synthesis_ms_per_slice, measured per trial on its device): "
+        "the first is the main objective (= tune.metric/mode: checkpoints, best trial, champion); empty = single "
+        "objective tune.metric/mode. ASHA is off under it (FIFO, bidpm.search.objectives)")
+    mo_sampler: Literal["tpe", "nsga2"] = Field("tpe", description="multi-objective sampler: Optuna's TPE or NSGA-II (seeded)")
+    nsga2_population: int = Field(8, ge=2, description="NSGA-II population size (trials per generation)")
+    importance_evaluator: Literal["fanova", "ped_anova"] = Field(
+        "fanova", description="multi-objective report: Optuna's evaluator of parameter importance for the main objective")
+    optuna_storage: Optional[str] = Field(
+        None, description="Optuna RDB storage URL (sqlite:///..., postgresql://...) for optuna-dashboard; null = "
+        "sqlite:///<search folder>/optuna.db under a multi-objective search on a local folder, else in memory")
+    warm_start_from: Optional[str] = Field(
+        None, description="a previous search folder, or runs:/<its MLflow parent run id>: its finished trials seed "
+        "the sampler (added to the Optuna study as finished, never rerun); searched parameters it did not have are "
+        "sampled fresh")
     space: SearchSpaceConfig = Field(default_factory=SearchSpaceConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _main_objective(cls, data: Any) -> Any:
+        """tune.metric/mode default to the first objective; set both ways, they must agree (one main objective)."""
+        if not isinstance(data, dict) or not data.get("objectives"):
+            return data
+        objs = data["objectives"]
+        first = objs[0] if isinstance(objs, list) and objs and isinstance(objs[0], dict) else None
+        if first is None:
+            return data
+        out = dict(data)
+        for key, default in (("metric", None), ("mode", "max")):
+            want = first.get(key, default)
+            if key in out and out[key] != want:
+                raise ValueError(f"tune.{key}: {out[key]!r} but tune.objectives[0].{key} (the main objective) is "
+                                 f"{want!r}; drop tune.{key} or make them agree")
+            out[key] = want
+        return out
+
+    @model_validator(mode="after")
+    def _objectives(self) -> "TuneConfig":
+        if len(self.objectives) == 1:
+            raise ValueError("tune.objectives: list at least two objectives, or leave it empty (tune.metric/mode)")
+        metrics = [o.metric for o in self.objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"tune.objectives: a metric appears twice in {metrics}")
+        return self

@@ -73,6 +73,7 @@ def evaluate(
     device = torch.device(device)
     acc = {spec: {d: {m: [] for m in METRICS} for d in SHORT.values()} for spec in grids}
     ids: list[tuple[str, int]] = []
+    timed: list[tuple[float, int]] = []      # (ms, slices) of the main grid's synthesis, per batch
     shown: list[list[Tensor]] = [[], [], [], []]
     autocast = runtime.autocast(precision, device)
     main = next((g for g in grids if g.training_grid), grids[0])
@@ -89,8 +90,11 @@ def evaluate(
         if volumes is not None and not batch_ids:
             raise ValueError("evaluate(volumes=...): batches need subject and slice ids (data.readers.iter_split)")
         for n, spec in enumerate(acc):
+            t0 = _now(device) if spec == main else 0.0
             with torch.inference_mode(), autocast:
                 fakes = {d: model.sample(src if d == "forward" else tgt, d, list(spec.grid)).float() for d in DIRECTIONS}
+            if spec == main:
+                timed.append(((_now(device) - t0) * 1e3, 2 * src.shape[0]))
             scaled = {}
             for d, fake in fakes.items():
                 pred, rng = to_scale(fake, scale)
@@ -111,10 +115,29 @@ def evaluate(
                          f"data.split.{split}_subjects) and rerun jobs/prepare_data.py")
     examples = tuple(torch.cat(k) for k in shown) if keep_examples > 0 else None
     out = Evaluation(split, scale, scores, ids, examples)  # type: ignore[arg-type]
+    out.synthesis_ms_per_slice = synthesis_ms(timed)
     if volumes is not None:
         volumes.finish()
         out.volumes, out.volume_subjects, out.volumes_skipped = volumes.result(), volumes.subjects, volumes.skipped
     return out
+
+
+def _now(device: torch.device) -> float:
+    """A clock reading after the device's queued work is done (CUDA runs asynchronously)."""
+    import time
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def synthesis_ms(timed: Sequence[tuple[float, int]]) -> Optional[float]:
+    """Milliseconds of synthesis per slice (one direction, the main grid: all its Euler steps) over the
+    batches; the first batch is left out when there are more (warm-up: cuDNN autotuning, allocator
+    growth, lazy kernels). Network time only: metrics and data transfer are not in it."""
+    use = list(timed[1:] if len(timed) > 1 else timed)
+    slices = sum(k for _, k in use)
+    return sum(ms for ms, _ in use) / slices if slices else None
 
 
 def _optional(batch: Any, name: str) -> Any:

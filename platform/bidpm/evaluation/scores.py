@@ -73,6 +73,7 @@ class Evaluation:
     volumes: Optional[dict[str, dict[str, np.ndarray]]] = None       # per-volume values (evaluation.volumes)
     volume_subjects: list[str] = field(default_factory=list)
     volumes_skipped: dict[str, str] = field(default_factory=dict)
+    synthesis_ms_per_slice: Optional[float] = None   # network time per slice on the main grid (scorer.synthesis_ms)
 
     @property
     def main(self) -> GridScores:

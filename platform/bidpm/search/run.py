@@ -17,8 +17,6 @@ from typing import Any, Callable, Optional
 
 from ray import tune
 from ray.tune import RunConfig, TuneConfig, Tuner
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from ..config import Config
 from ..io import storage
@@ -30,7 +28,9 @@ from ..tune.names import trial_name as named
 from ..tune.reporter import progress_settings
 from ..tune.watchdog import StallWatchdog
 from .best import best_config, register_best, write_best_config
-from .space import define_by_run, overrides_of, sample_overrides, trial_config
+from .multi import announce, make_searcher, report_multi, row_values
+from .objectives import is_multi, scheduler_for
+from .space import overrides_of, sample_overrides, trial_config
 from .trial import _trial
 from .table import SearchReporter, best_row, format_table, trial_row
 
@@ -50,6 +50,7 @@ class SearchResult:
     parent_run_id: Optional[str] = None
     model_version: Optional[str] = None
     promotion: Optional[dict[str, Any]] = None
+    pareto: Optional[dict[str, Any]] = None    # multi-objective only: front, importances, budgets (search.multi)
     reused: bool = False                 # True: a finished search was reported, nothing ran
 
     def table(self) -> str:
@@ -118,8 +119,12 @@ def run_search(cfg: Config, *, print_fn: Callable[[str], Any] = print) -> Search
                 runs.sweep("KILLED", {r["trial"]: "FAILED" if r["status"] == "error" else "FINISHED" for r in out.rows})
                 best = next(r for r in out.rows if r["trial"] == out.best_trial)
                 out.model_version, out.promotion = register_best(runs.client, cfg, best_cfg, runs.parent, out.rows, best, print_fn)
+                if is_multi(cfg):
+                    out.pareto = report_multi(cfg, folder, out.rows, runs.client, runs.parent, lambda r: best_config(cfg, r), print_fn)
                 runs.finish()
-            record = {k: v for k, v in asdict(out).items() if k != "reused"}
+            elif is_multi(cfg):
+                out.pareto = report_multi(cfg, folder, out.rows, None, None, lambda r: best_config(cfg, r), print_fn)
+            record = {k: v for k, v in asdict(out).items() if k != "reused" and not (k == "pareto" and v is None)}
             storage.write_bytes_atomic(storage.join(folder, STUDY_FILE), json.dumps(record, indent=1, default=str).encode())
         return out
 
@@ -130,13 +135,11 @@ def _tuner(cfg: Config, folder: str, datasets: Any, callbacks: list[Any], print_
     trainable = tune.with_resources(tune.with_parameters(_trial, base_cfg=cfg.to_dict(), datasets=datasets),
                                     {"cpu": cfg.tune.trial_cpus})
     t = cfg.tune
+    announce(cfg, folder, print_fn)
     if t.resume and Tuner.can_restore(folder):
         print_fn(f"restoring study {t.experiment_name!r} from {folder}: finished trials kept, unfinished resumed")
         return Tuner.restore(folder, trainable, resume_unfinished=True, resume_errored=True)
-    searcher = OptunaSearch(define_by_run(cfg), metric=t.metric, mode=t.mode, seed=t.seed, study_name=t.experiment_name)
-    scheduler = (FIFOScheduler() if t.scheduler == "fifo" else
-                 ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
-                               grace_period=min(t.asha_grace_period, cfg.train.epochs), reduction_factor=t.asha_reduction_factor))
+    searcher, scheduler = make_searcher(cfg, folder, print_fn), scheduler_for(cfg)   # FIFO under several objectives
     return Tuner(
         trainable,
         tune_config=TuneConfig(metric=t.metric, mode=t.mode, search_alg=searcher, scheduler=scheduler,
@@ -159,6 +162,9 @@ def _summarise(cfg: Config, folder: str, results: Any, print_fn: Callable[[str],
         history = df.to_dict("records") if df is not None and len(df) else ([r.metrics] if r.metrics else [])
         rows.append(trial_row(trial_id, overrides_of(r.config or {}), history, cfg.tune.metric, cfg.tune.mode,
                               cfg.train.epochs, error=r.error is not None))
+        rows[-1]["params"] = {k: v for k, v in (r.config or {}).items() if "." not in k}   # Optuna's raw suggestions
+        if is_multi(cfg):
+            rows[-1]["values"] = row_values(cfg, history)
     best = best_row(rows, cfg.tune.mode)
     out = SearchResult(folder, rows, best["trial"] if best else None)
     print_fn(out.table())

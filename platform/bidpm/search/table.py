@@ -46,7 +46,7 @@ def trial_row(trial: str, overrides: Mapping[str, Any], history: Sequence[Mappin
     best = Objective(metric, mode).best(history) or {}    # the epoch the MLflow callback picks too
     last = max((h for h in history if isinstance(h.get("cost/device_hours"), (int, float))
                 and math.isfinite(h["cost/device_hours"])), key=lambda h: h["cost/device_hours"], default={})
-    epochs = max((int(h.get("training_iteration", 0)) for h in history), default=0)
+    epochs = max((_epoch(h) for h in history), default=0)
     grid = list(overrides.get("method.time_grid", []))
     row: dict[str, Any] = {
         "trial": trial,
@@ -66,6 +66,15 @@ def trial_row(trial: str, overrides: Mapping[str, Any], history: Sequence[Mappin
     for key in ("val/fwd_ssim_mean", "val/bwd_ssim_mean", "val/fwd_psnr_mean", "val/bwd_psnr_mean"):
         row[key] = best.get(key)
     return row
+
+
+def _epoch(result: Mapping[str, Any]) -> int:
+    """The epoch a result reports (``epoch``), else Tune's iteration: a trial restored after a driver kill
+    may report its stored last epoch again (search.trial.finished_run), which is no new iteration."""
+    v = result.get("epoch")
+    if not isinstance(v, (int, float)) or v != v:
+        v = result.get("training_iteration") or 0
+    return int(v)
 
 
 def best_row(rows: Iterable[Mapping[str, Any]], mode: str) -> Optional[Mapping[str, Any]]:

@@ -21,8 +21,48 @@ def _trial(config: dict[str, Any], base_cfg: dict[str, Any], datasets: Optional[
     checks: it stays ``_trial``."""
     from ..train import run_training
     from ..tune.cost import ATTEMPTS, AttemptClock, held_devices
+    from .report import NFE, WithMetrics
 
     cfg = trial_config(config_from_dict(base_cfg, origin="study config"), overrides_of(config))
     name, runs = train_run_name(tune.get_context().get_trial_name()), experiment_dir(cfg, cfg.tune.experiment_name) + "/" + TRAIN_RUNS
+    if (stored := finished_run(cfg, f"{runs}/{name}")) is not None:     # trained before a driver kill: report it
+        tune.report({**stored, **cost_so_far(f"{runs}/{name}/{ATTEMPTS}"), NFE: len(cfg.method.time_grid) - 1})
+        return
     with AttemptClock(f"{runs}/{name}/{ATTEMPTS}", *held_devices(cfg.train)) as clock:   # device-hours, every attempt
-        run_training(cfg, callbacks=[clock.callback()], resume=True, name=name, storage_path=runs, datasets=datasets)
+        report = WithMetrics(clock.callback(), {NFE: len(cfg.method.time_grid) - 1})   # Optuna's objectives
+        run_training(cfg, callbacks=[report], resume=True, name=name, storage_path=runs, datasets=datasets)
+
+
+def finished_run(cfg: Any, run_dir: str) -> Optional[dict[str, Any]]:
+    """The best kept checkpoint's metrics (+ ``checkpoint_path``) of a Train run that trained all
+    ``train.epochs`` already, else None.
+
+    Why: a driver killed after a trial's Train run ended but before Tune saved that the trial ended
+    restores the trial as unfinished; its Train run then resumes at the last epoch, trains nothing and
+    reports nothing, and Tune stops the whole search on a result without the objective. Reporting the
+    stored result instead ends the trial as it had ended, once, without starting a worker group."""
+    from ray.train import Result
+
+    from ..io import storage
+    from ..train.launch import best_checkpoint
+
+    if not storage.exists(run_dir):
+        return None
+    try:
+        result = Result.from_path(run_dir)
+    except RuntimeError:                       # no checkpoint manager snapshot yet: nothing finished
+        return None
+    if int((result.metrics or {}).get("epoch", 0)) < cfg.train.epochs:
+        return None
+    ck = best_checkpoint(result, cfg)
+    metrics = next((m for c, m in result.best_checkpoints or [] if ck is not None and c.path == ck.path), result.metrics)
+    return {**metrics, "checkpoint_path": ck.path if ck is not None else None}
+
+
+def cost_so_far(attempts: str) -> dict[str, Any]:
+    """The ``cost/*`` entries of every attempt recorded (``tune.cost``), for a trial that runs no new one."""
+    from ..tune.cost import read_attempts, summed
+
+    total = summed(read_attempts(attempts))
+    return {"cost/train_s": total["train_s"], "cost/device_hours": total["device_hours"], "cost/devices": total["devices"],
+            "cost/device": total["device"], "cost/attempts": total["attempts"]}

@@ -106,7 +106,8 @@ def _release(client: MlflowClient, lock: str, holder: Optional[str]) -> None:
 
 def promote(client: MlflowClient, cfg: Config, version: str,
             evaluate: Optional[Callable[[str], Mapping[str, float]]] = None,
-            challenger_scores: Optional[Mapping[str, float]] = None) -> Promotion:
+            challenger_scores: Optional[Mapping[str, float]] = None, champion_alias: str = CHAMPION,
+            challenger_alias: str = CHALLENGER, tag_prefix: str = "bidpm.promotion") -> Promotion:
     """Compare registered ``version`` with the current ``champion`` on the test split; move aliases.
 
     Both models are scored on the same split now (a stored score may come from other data). The
@@ -118,6 +119,9 @@ def promote(client: MlflowClient, cfg: Config, version: str,
     moved meanwhile (another promotion won), the lease is released, the new champion is scored and
     the comparison repeats, so the champion always ends on the better model and the reason tag says
     which champion was compared and that it changed during the promotion.
+
+    A step budget (``tracking.budgets``) runs the same rule on its own aliases (``champion-nfeK``,
+    ``challenger-nfeK``) and records its decision under its own ``tag_prefix``.
     """
     objective = Objective.of_promotion(cfg)
     name, metric = cfg.tracking.registered_model_name, objective.metric
@@ -131,19 +135,19 @@ def promote(client: MlflowClient, cfg: Config, version: str,
     champion_scores: dict[str, float] = {}                      # a version's model never changes: score once
     moved: list[str] = []                                       # champions that appeared while we scored
     while True:
-        champ_v = alias_version(client, name, CHAMPION)
+        champ_v = alias_version(client, name, champion_alias)
         if champ_v is not None and champ_v != version and champ_v not in champion_scores:
             champion_scores[champ_v] = float(evaluate(f"models:/{name}/{champ_v}")[metric])
         with promotion_lock(client, name):
-            now = alias_version(client, name, CHAMPION)
+            now = alias_version(client, name, champion_alias)
             if now != champ_v:                                  # another promotion moved it: score that one
                 moved.append(f"v{now}" if now else "none")
                 continue
             decision = _decide(objective, name, version, ours, champ_v, champion_scores.get(champ_v), moved)
-            client.set_registered_model_alias(name, CHALLENGER, version)
+            client.set_registered_model_alias(name, challenger_alias, version)
             if decision.promoted:
-                client.set_registered_model_alias(name, CHAMPION, version)
-            _record(client, cfg, decision, scores)
+                client.set_registered_model_alias(name, champion_alias, version)
+            _record(client, cfg, decision, scores, tag_prefix)
             return decision
 
 
@@ -164,16 +168,17 @@ def _decide(objective: Objective, name: str, version: str, ours: float, champ_v:
     return Promotion(name, version, metric, mode, ours, champ_v, champ_score, promoted, reason)
 
 
-def _record(client: MlflowClient, cfg: Config, decision: Promotion, scores: Mapping[str, float]) -> None:
+def _record(client: MlflowClient, cfg: Config, decision: Promotion, scores: Mapping[str, float],
+            prefix: str = "bidpm.promotion") -> None:
     """The decision as tags of the challenger version (under the lease: tags and aliases agree)."""
     name, version = decision.name, decision.version
     tags = {
-        "bidpm.promotion.decision": "promoted" if decision.promoted else "kept_champion",
-        "bidpm.promotion.reason": decision.reason,
-        "bidpm.promotion.metric": decision.metric,
-        "bidpm.promotion.challenger_score": f"{decision.challenger_score:.6f}",
-        "bidpm.promotion.champion_version": decision.champion_version or "none",
-        "bidpm.promotion.champion_score": "none" if decision.champion_score is None else f"{decision.champion_score:.6f}",
+        f"{prefix}.decision": "promoted" if decision.promoted else "kept_champion",
+        f"{prefix}.reason": decision.reason,
+        f"{prefix}.metric": decision.metric,
+        f"{prefix}.challenger_score": f"{decision.challenger_score:.6f}",
+        f"{prefix}.champion_version": decision.champion_version or "none",
+        f"{prefix}.champion_score": "none" if decision.champion_score is None else f"{decision.champion_score:.6f}",
     }
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)

@@ -57,8 +57,10 @@ def find_registered(client: MlflowClient, name: str, key: str) -> Optional[str]:
     return str(min(int(v.version) for v in found)) if found else None
 
 
-def register(client: MlflowClient, cfg: Config, model_uri: str, run_id: str, tags: Mapping[str, str]) -> str:
-    """Register ``model_uri`` and give it alias ``challenger``; all or nothing, once per trial. Returns the version.
+def register(client: MlflowClient, cfg: Config, model_uri: str, run_id: str, tags: Mapping[str, str],
+             challenger_alias: str = CHALLENGER) -> str:
+    """Register ``model_uri`` and give it alias ``challenger`` (a step budget's: ``challenger-nfeK``,
+    ``tracking.budgets``); all or nothing, once per trial. Returns the version.
 
     Idempotent: the version is created WITH its registration key (run id + ``IDENTITY_TAGS``) in one
     call, so a driver killed right after the creation and rerun finds that version by the key and
@@ -88,7 +90,7 @@ def register(client: MlflowClient, cfg: Config, model_uri: str, run_id: str, tag
             raise TrackingError(f"registered model {name!r} version {version} ended in status {mv.status}")
         for k, v in all_tags.items():
             client.set_model_version_tag(name, version, k, v)
-        client.set_registered_model_alias(name, CHALLENGER, version)
+        client.set_registered_model_alias(name, challenger_alias, version)
     except BaseException:
         if created:
             client.delete_model_version(name, version)

@@ -35,6 +35,7 @@ from torch import nn
 import ray.train
 import ray.train.torch
 from bidpm.config import Config, config_from_dict
+from bidpm.config.metrics import SYNTHESIS_KEY
 from bidpm.method import Batch, build_method
 from bidpm.method.base import to_floats
 from bidpm.evaluation import Evaluation, FieldSampler, GridSpec, evaluate
@@ -163,6 +164,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             val_rows = ray.train.get_dataset_shard(VAL).iter_torch_batches(batch_size=tc.batch_size, dtypes=torch.float32)
             scores = validate(val_net, cfg, val_rows, device)
             metrics.update(scores.summary())
+            if scores.synthesis_ms_per_slice is not None:
+                metrics[SYNTHESIS_KEY] = scores.synthesis_ms_per_slice   # a search's cost objective, on this device
             shown = scores.examples
             save_checkpoint(tmp, model=model, ema=ema, optimizer=optimizer, step=step, epoch=epoch, cfg=cfg,
                             manifest_digest=manifest_digest, scaler=scaler)
