@@ -20,7 +20,7 @@ DIRS = tuple(SHORT.values())  # fwd, bwd
 def _cell(mean: Any, std: Any, metric: str) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "-"
-    fmt = "{:.2f}" if "psnr" in metric or metric.startswith("hu_mae") else "{:.4f}"
+    fmt = "{:.2f}" if "psnr" in metric or metric.startswith(("hu_mae", "hu25_mae")) else "{:.4f}"
     return f"{fmt.format(mean)}±{fmt.format(std)}"
 
 
@@ -47,13 +47,15 @@ def format_volume_table(ev: Evaluation) -> str:
     if not ev.volumes:
         return ""
     s = ev.summary()
-    keys = [k for k in ("vol_ssim", "vol_psnr", "vol_mae", "hu_mae", "hu_psnr", "hu_ssim")
+    keys = [k for k in ("vol_ssim", "vol_psnr", "vol_mae", "hu_mae", "hu_psnr", "hu_ssim", "hu25_mae", "hu25_psnr", "hu25_ms_ssim")
             if any(f"{ev.split}/{d}_{k}_mean" in s for d in DIRS)]
-    head = ["direction"] + [("3-D " if k.startswith("vol_") else "SynthRAD ") + k.split("_", 1)[1].upper() for k in keys]
+    head = ["direction"] + [{"vol": "3-D ", "hu": "SR2023 ", "hu25": "SR2025 "}[k.split("_", 1)[0]] + k.split("_", 1)[1].upper()
+                            for k in keys]
     body = [[d] + [_cell(s.get(f"{ev.split}/{d}_{k}_mean"), s.get(f"{ev.split}/{d}_{k}_std"), k) for k in keys] for d in DIRS]
     note = (f"{len(ev.volume_subjects)} volumes (the shards' slices stacked in slice order, training grid); "
             f"3-D: 7x7x7 uniform-window SSIM in the mask, value scale as the slices ({scale_note(ev.scale)}); "
-            "SynthRAD: the challenge's MAE (HU) / PSNR / SSIM on [-1024, 3000] HU")
+            "SR2023: SynthRAD2023's MAE (HU) / PSNR / SSIM on [-1024, 3000] HU; SR2025: SynthRAD2025's MAE (HU) / PSNR / "
+            "masked 3-D MS-SSIM on [-1024, 3071] HU (metrics.synthrad2025)")
     skipped = f"\nskipped (NaN): {', '.join(f'{k}: {v}' for k, v in ev.volumes_skipped.items())}" if ev.volumes_skipped else ""
     return fixed_width(head, body) + "\n" + note + skipped
 

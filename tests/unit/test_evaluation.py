@@ -137,6 +137,9 @@ def test_volumes_are_the_slices_stacked_in_order_and_scored_in_3d():
     hu_mae = [np.abs(((np.stack([r[0] for r in rows[8 * v: 8 * v + 8]]) + 0.1) - np.stack([r[1] for r in rows[8 * v: 8 * v + 8]]))
                      [np.stack([r[2] for r in rows[8 * v: 8 * v + 8]]) > 0]).mean() / 2 * 4024 for v in range(2)]
     assert s["test/fwd_hu_mae_mean"] == pytest.approx(float(np.mean(hu_mae)), rel=1e-5)
+    # SynthRAD2025 beside it: the same unclipped MAE (these values stay inside both ranges), its own MS-SSIM
+    assert s["test/fwd_hu25_mae_mean"] == pytest.approx(float(np.mean(hu_mae)), rel=1e-5)
+    assert 0.0 < s["test/fwd_hu25_ms_ssim_mean"] <= 1.0 and "test/bwd_hu25_mae_mean" not in s
 
 
 def test_a_volume_too_thin_for_the_window_is_nan_and_said():

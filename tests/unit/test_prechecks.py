@@ -43,7 +43,7 @@ def test_metric_names_no_result_carries_are_refused(override, words):
 def test_metric_names_that_are_reported_pass():
     for name in ("val/ssim_mean", "val/bwd_psnr_std", "val/images", "train/loss", "train/loss/total", "epoch"):
         assert metric_problem(name, "val") is None, name
-    for name in ("test/ssim_mean", "test/fwd_vol_ssim_mean", "test/bwd_hu_mae_std"):
+    for name in ("test/ssim_mean", "test/fwd_vol_ssim_mean", "test/bwd_hu_mae_std", "test/fwd_hu25_ms_ssim_mean"):
         assert metric_problem(name, "test") is None, name
     load_config(None, ["tune.metric=val/mae_mean", "tune.mode=min", "train.checkpoint_score=train/loss"])
 

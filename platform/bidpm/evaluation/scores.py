@@ -87,7 +87,7 @@ class Evaluation:
         for d, per in (self.volumes or {}).items():
             for k, v in per.items():
                 v = v[~np.isnan(v)]
-                name = k if k.startswith("hu_") else f"vol_{k}"
+                name = k if k.startswith(("hu_", "hu25_")) else f"vol_{k}"
                 out[f"{self.split}/{d}_{name}_mean"] = float(v.mean()) if v.size else float("nan")
                 out[f"{self.split}/{d}_{name}_std"] = float(v.std()) if v.size else float("nan")
         if self.volumes is not None:

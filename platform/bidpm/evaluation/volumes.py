@@ -1,9 +1,10 @@
-"""Slices put back into volumes and scored in 3-D (paper Table 5), plus SynthRAD2023's CT metrics.
+"""Slices put back into volumes and scored in 3-D (paper Table 5), plus SynthRAD2023's and 2025's CT metrics.
 
 A subject's slices (in slice-index order) are stacked into a (Z, H, W) volume per direction, for the
 synthesis and for the real images, and scored with ``metrics.clinical.volume_metrics`` on the same value
 scale as the slices (``evaluation.scale``) inside the stacked slice mask. When a direction produces CT,
-``synthrad_metrics`` is also taken on the volume in Hounsfield units (the inverse of ``data.ct_window``).
+``synthrad_metrics`` (2023: ``hu_*``) and ``synthrad2025_metrics`` (``hu25_*``: MAE, PSNR, masked 3-D
+MS-SSIM) are also taken on the volume in Hounsfield units (the inverse of ``data.ct_window``).
 
 Choices: the volume is what the shards hold - the selected slices (``data.num_slices`` central or
 in-mask ones), resized to ``data.image_size`` - not the original grid, so HU figures are comparable
@@ -21,9 +22,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..metrics.clinical import synthrad_metrics, volume_metrics
+from ..metrics.synthrad2025 import synthrad2025_metrics
 
 VOLUME_METRICS = ("ssim", "psnr", "mae")
 HU_METRICS = ("mae", "psnr", "ssim")
+HU25_METRICS = ("mae", "psnr", "ms_ssim")
 
 
 class VolumeScorer:
@@ -71,12 +74,15 @@ class VolumeScorer:
             try:
                 vals = volume_metrics(pred, ref, self.data_range, mask)
                 if d == self.hu_direction:
-                    vals.update({f"hu_{k}": v for k, v in synthrad_metrics(self._hu(ref), self._hu(pred), mask).items()})
+                    ct, sct = self._hu(ref), self._hu(pred)
+                    vals.update({f"hu_{k}": v for k, v in synthrad_metrics(ct, sct, mask).items()})
+                    vals.update({f"hu25_{k}": v for k, v in synthrad2025_metrics(ct, sct, mask).items()})
             except ValueError as exc:                  # < 7 slices, empty mask: NaN, said once per subject
                 self.skipped[subject] = str(exc)
                 vals = {m: float("nan") for m in VOLUME_METRICS}
                 if d == self.hu_direction:
                     vals.update({f"hu_{m}": float("nan") for m in HU_METRICS})
+                    vals.update({f"hu25_{m}": float("nan") for m in HU25_METRICS})
             for k, v in vals.items():
                 self.values[d][k].append(v)
 
