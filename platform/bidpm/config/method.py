@@ -9,7 +9,8 @@ from pydantic import Field, field_validator, model_validator
 from ..timegrid import check_grid
 from .base import Section
 
-MethodName = Literal["bidpm", "rf", "icfm", "otcfm", "vpcfm", "cyclegan"]
+MethodName = Literal["bidpm", "rf", "icfm", "otcfm", "vpcfm", "cyclegan", "shortcut", "meanflow"]
+STEP_METHODS = ("shortcut", "meanflow")    # their field takes a second scalar, the signed step h: u(x, t, h)
 PairedDistance = Literal["lpips", "l2", "l1", "pseudo_huber"]
 MMDKernel = Literal["rbf", "imq", "laplacian"]
 
@@ -49,6 +50,11 @@ class MethodConfig(Section):
     cfm_sigma: float = Field(0.0, ge=0.0, description="I-CFM / OT-CFM path noise sigma")
     cycle_lambda: float = Field(10.0, ge=0.0, description="CycleGAN: weight of the cycle-consistency L1 terms (Zhu et al.: 10)")
     identity_lambda: float = Field(0.5, ge=0.0, description="CycleGAN: identity L1 weight as a share of cycle_lambda (Zhu et al.: 0.5)")
+    shortcut_levels: int = Field(7, ge=1, le=12, description="shortcut: step sizes d = 1/2^k, k = 0..levels (Frans et al.: 7, d >= 1/128)")
+    shortcut_consistency_fraction: float = Field(
+        0.25, gt=0.0, lt=1.0, description="shortcut: share of each batch trained on self-consistency (Frans et al.: 1/4)")
+    meanflow_distinct_fraction: float = Field(
+        0.25, ge=0.0, le=1.0, description="MeanFlow: share of rows with r != t (Geng et al.: 25%); the rest are r = t (flow matching)")
 
     @property
     def n_steps(self) -> int:

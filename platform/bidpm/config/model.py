@@ -28,6 +28,9 @@ class ModelConfig(Section):
     mlp_dim: int = Field(2, ge=1, description="data dimension for kind=mlp")
     mlp_hidden: int = Field(128, ge=1)
     mlp_layers: int = Field(3, ge=1)
+    step_conditioned: bool = Field(
+        False, description="set from method.name (do not set by hand): the field takes a second scalar, the signed step "
+        "h, u(x, t, h) - method.name shortcut / meanflow; the other methods' networks are unchanged")
 
     @property
     def depth(self) -> int:

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from .base import Section
 from .data import DataConfig
 from .evaluation import EvaluationConfig
-from .method import MethodConfig
+from .method import STEP_METHODS, MethodConfig
 from .metrics import NFE_KEY, metric_problem
 from .model import ModelConfig
 from .study import StudyConfig
@@ -38,6 +38,8 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross(self) -> "Config":
+        # the network's inputs follow the method: shortcut / MeanFlow condition on the step (model.step_conditioned)
+        object.__setattr__(self.model, "step_conditioned", self.method.name in STEP_METHODS)
         # Absolute once, at load: Tune trials and Ray workers run in other working directories, where
         # a relative output_dir would silently point somewhere else.
         if "://" not in self.output_dir and not os.path.isabs(self.output_dir):

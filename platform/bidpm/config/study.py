@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .base import SafeName, Section
 
-StudyMethodName = Literal["bidpm", "rf", "icfm", "otcfm", "vpcfm", "cyclegan"]
+StudyMethodName = Literal["bidpm", "rf", "icfm", "otcfm", "vpcfm", "cyclegan", "shortcut", "meanflow"]
 
 
 class StudyMethod(Section):

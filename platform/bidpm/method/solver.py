@@ -12,6 +12,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..model.ema import unwrap_model
 from ..timegrid import check_grid, uniform_grid
 
 Direction = Literal["forward", "backward"]
@@ -40,6 +41,9 @@ def euler_states(model: nn.Module, x: Tensor, grid: Sequence[float], direction: 
     only works for N = 1; Eq. 5 defines the recursion). Autograd is whatever the caller enables:
     Bi-DPM training keeps the graph through every step.
 
+    A step-conditioned field (``model.step_conditioned``: shortcut, MeanFlow) is also given the step it
+    takes, h = t_n - t_{n-1} forward and t_{n-1} - t_n backward (negative): x + h u(x, t, h).
+
     x: (B, ...); returns N + 1 tensors of x's shape (``states[0]`` is x for forward, ``states[N]`` for backward).
     """
     g = check_grid(grid)
@@ -47,17 +51,23 @@ def euler_states(model: nn.Module, x: Tensor, grid: Sequence[float], direction: 
     if callable(times_rule):
         times_rule(g)  # on the host grid: the field itself never reads t back from the device
     n_steps = len(g) - 1
+    takes_step = bool(getattr(unwrap_model(model), "step_conditioned", False))
+
+    def field(x_: Tensor, t: float, h: float) -> Tensor:
+        """u(x, t), or u(x, t, h) for a field conditioned on the signed step h (shortcut, MeanFlow)."""
+        return model(x_, _time(t, x_), _time(h, x_)) if takes_step else model(x_, _time(t, x_))
+
     if direction == "forward":
         states = [x]
         for n in range(1, n_steps + 1):
             prev = states[-1]
-            states.append(prev + model(prev, _time(g[n - 1], prev)) * (g[n] - g[n - 1]))
+            states.append(prev + field(prev, g[n - 1], g[n] - g[n - 1]) * (g[n] - g[n - 1]))
         return states
     if direction == "backward":
         rev = [x]
         for n in range(n_steps, 0, -1):
             cur = rev[-1]
-            rev.append(cur + model(cur, _time(g[n], cur)) * (g[n - 1] - g[n]))
+            rev.append(cur + field(cur, g[n], g[n - 1] - g[n]) * (g[n - 1] - g[n]))
         return rev[::-1]
     raise ValueError(f"direction: expected 'forward' or 'backward', got {direction!r}")
 

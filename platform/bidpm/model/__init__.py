@@ -22,13 +22,14 @@ def build_velocity_field(cfg: ModelConfig, image_size: Optional[tuple[int, int]]
     the first forward pass; the MLP ignores it.
     """
     if cfg.kind == "mlp":
-        return MLPVelocity(dim=cfg.mlp_dim, hidden=cfg.mlp_hidden, num_layers=cfg.mlp_layers)
+        return MLPVelocity(dim=cfg.mlp_dim, hidden=cfg.mlp_hidden, num_layers=cfg.mlp_layers,
+                           step_conditioned=cfg.step_conditioned)
     unet = dict(in_channels=cfg.in_channels, base_channels=cfg.base_channels, channel_mults=cfg.channel_mults,
                 num_res_blocks=cfg.num_res_blocks, attention_levels=cfg.attention_levels, num_heads=cfg.num_heads,
                 groups=cfg.groups, dropout=cfg.dropout)
     size = tuple(image_size) if image_size is not None else None
     if cfg.kind == "unet":
-        return UNet(**unet, image_size=size)
+        return UNet(**unet, image_size=size, step_conditioned=cfg.step_conditioned)
     if cfg.kind == "cyclegan":
         from .cyclegan import CycleGANField
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -29,11 +30,11 @@ class MLPVelocity(nn.Module):
     ``num_layers`` hidden layers of width ``hidden``, each Linear -> SiLU; a linear output layer.
     """
 
-    def __init__(self, dim: int = 2, hidden: int = 128, num_layers: int = 3) -> None:
+    def __init__(self, dim: int = 2, hidden: int = 128, num_layers: int = 3, step_conditioned: bool = False) -> None:
         super().__init__()
-        self.dim = dim
+        self.dim, self.step_conditioned = dim, step_conditioned
         layers: list[nn.Module] = []
-        width = dim + TIME_FEATURES
+        width = dim + TIME_FEATURES * (2 if step_conditioned else 1)   # + features of the signed step h
         for _ in range(num_layers):
             layers += [nn.Linear(width, hidden), nn.SiLU()]
             width = hidden
@@ -42,14 +43,20 @@ class MLPVelocity(nn.Module):
 
     checkpoint_evaluations = False  # train.checkpoint_unroll (model.runtime.set_checkpointing)
 
-    def forward(self, x: Tensor, t: TimeLike) -> Tensor:
-        """x (B, D), t (B,) / scalar -> (B, D); activations recomputed in backward when checkpointing."""
+    def forward(self, x: Tensor, t: TimeLike, h: Optional[TimeLike] = None) -> Tensor:
+        """x (B, D), t (B,) / scalar [, h: signed step of a step-conditioned field, None = 0] -> (B, D);
+        activations recomputed in backward when checkpointing."""
         if self.checkpoint_evaluations and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, t, use_reentrant=False)
-        return self._forward(x, t)
+            return checkpoint(self._forward, x, t, h, use_reentrant=False)
+        return self._forward(x, t, h)
 
-    def _forward(self, x: Tensor, t: TimeLike) -> Tensor:
+    def _forward(self, x: Tensor, t: TimeLike, h: Optional[TimeLike] = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLPVelocity: expected x of shape (B, {self.dim}) (model.mlp_dim), got {tuple(x.shape)}")
         t = broadcast_time(t, x.shape[0], x.device).to(x.dtype)
-        return self.net(torch.cat([x, time_features(t)], dim=1))
+        feats = [x, time_features(t)]
+        if self.step_conditioned:
+            feats.append(time_features(broadcast_time(0.0 if h is None else h, x.shape[0], x.device).to(x.dtype)))
+        elif h is not None:
+            raise ValueError("MLPVelocity: a step h was given to a field without step conditioning (model.step_conditioned)")
+        return self.net(torch.cat(feats, dim=1))

@@ -48,6 +48,7 @@ class UNet(nn.Module):
         groups: int = 8,
         dropout: float = 0.0,
         image_size: Optional[tuple[int, int]] = None,
+        step_conditioned: bool = False,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -65,6 +66,14 @@ class UNet(nn.Module):
         temb_dim = 4 * base_channels
         self.base_channels = base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        # shortcut / MeanFlow: the signed step h gets an embedding of its own, added to t's; it starts at zero,
+        # so at initialisation u(x, t, h) = u(x, t). Absent otherwise: the other methods' weights are unchanged.
+        self.step_conditioned = step_conditioned
+        self.step_mlp = (nn.Sequential(nn.Linear(base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+                         if step_conditioned else None)
+        if self.step_mlp is not None:
+            nn.init.zeros_(self.step_mlp[-1].weight)
+            nn.init.zeros_(self.step_mlp[-1].bias)
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         # Encoder: record the channel count of every skip tensor pushed.
@@ -120,23 +129,29 @@ class UNet(nn.Module):
 
     checkpoint_evaluations = False  # train.checkpoint_unroll (model.runtime.set_checkpointing)
 
-    def forward(self, x: Tensor, t: TimeLike) -> Tensor:
-        """x (B, C, H, W), t (B,) / scalar -> u_theta(x, t) (B, C, H, W).
+    def forward(self, x: Tensor, t: TimeLike, h: Optional[TimeLike] = None) -> Tensor:
+        """x (B, C, H, W), t (B,) / scalar -> u_theta(x, t) (B, C, H, W); ``h``: the signed step of a
+        step-conditioned field (None = 0, the instantaneous velocity).
 
         With ``checkpoint_evaluations`` set and autograd recording, the activations are recomputed in the
         backward pass instead of kept (``torch.utils.checkpoint``, non-reentrant: works inside DDP and
         torch.compile); the output and the gradients are the same.
         """
         if self.checkpoint_evaluations and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, t, use_reentrant=False)
-        return self._forward(x, t)
+            return checkpoint(self._forward, x, t, h, use_reentrant=False)
+        return self._forward(x, t, h)
 
-    def _forward(self, x: Tensor, t: TimeLike) -> Tensor:
+    def _forward(self, x: Tensor, t: TimeLike, h: Optional[TimeLike] = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet: expected x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         self.check_size(x.shape[2], x.shape[3])
         t = broadcast_time(t, x.shape[0], x.device)
         temb = self.time_mlp(timestep_embedding(t, self.base_channels).to(x.dtype))
+        if self.step_mlp is not None:
+            s = broadcast_time(0.0 if h is None else h, x.shape[0], x.device)
+            temb = temb + self.step_mlp(timestep_embedding(s, self.base_channels).to(x.dtype))
+        elif h is not None:
+            raise ValueError("UNet: a step h was given to a field without step conditioning (model.step_conditioned)")
 
         h = self.conv_in(x)
         skips = [h]

@@ -64,12 +64,17 @@ class StepMemory:
 def _trace_config(cfg: Config) -> Config:
     """The config the trace builds, with the same tensors: LPIPS with a random backbone (same shapes, and no
     weights needed on the planning machine); OT-CFM as I-CFM (its coupling only permutes rows, solved on the
-    host with scipy, which fake tensors cannot feed)."""
+    host with scipy, which fake tensors cannot feed); MeanFlow as a shortcut model with (almost) every row
+    on the consistency target: both build their target without autograd (MeanFlow's JVP, which the tracer
+    cannot run, carries a tangent per activation; shortcut's two half steps run one after the other), so
+    the peak is set by the one recorded pass that follows, the same in both."""
     method = cfg.method
     if method.paired_distance == "lpips" and not method.lpips_random_backbone:
         method = method.model_copy(update={"lpips_random_backbone": True})
     if method.name == "otcfm":
         method = method.model_copy(update={"name": "icfm"})
+    if method.name == "meanflow":
+        method = method.model_copy(update={"name": "shortcut", "shortcut_consistency_fraction": 0.99})
     return cfg if method is cfg.method else cfg.model_copy(update={"method": method})
 
 
