@@ -188,3 +188,16 @@ def test_save_sample_grid_writes_the_png_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [SAMPLES_FILE]
     with Image.open(path) as im:
         np.testing.assert_array_equal(np.asarray(im), grid_array(*tiles, modalities=("T1", "T2")))
+
+
+def test_a_checkpoint_from_before_a_new_model_field_resumes_and_another_shape_does_not():
+    """A run started before ``model.step_conditioned`` existed resumes (the field holds its default);
+    another network shape, or a changed new field, is refused with the fix named."""
+    from bidpm.train.checkpoint import check_resumable
+
+    cfg = load_config(None, OVERRIDES)
+    old = {k: v for k, v in cfg.model.model_dump(mode="json").items() if k != "step_conditioned"}
+    check_resumable({"manifest_digest": "d", "config": {"model": old}}, cfg, "d")
+    for bad in ({**old, "base_channels": old["base_channels"] * 2}, {**old, "step_conditioned": True}):
+        with pytest.raises(ValueError, match="pick a new train.run_name"):
+            check_resumable({"manifest_digest": "d", "config": {"model": bad}}, cfg, "d")

@@ -130,7 +130,10 @@ def check_resumable(state: dict[str, Any], cfg: Config, manifest_digest: str) ->
             "(or restore the shards it was trained on)"
         )
     current = cfg.model.model_dump(mode="json")
-    if state["config"]["model"] != current:
+    stored = state["config"]["model"]
+    fields = type(cfg.model).model_fields          # a field added since the checkpoint, at its default, is no change
+    if set(stored) - set(current) or any(stored.get(k, fields[k].get_default(call_default_factory=True)) != v
+                                         for k, v in current.items()):
         raise ValueError(
             f"train.run_name={cfg.train.run_name!r}: its latest checkpoint has model settings "
             f"{state['config']['model']}, the config now has {current}; "
