@@ -106,13 +106,16 @@ def test_one_step_of_a_field_trained_to_zero_loss_maps_x0_to_x1_exactly(method):
     a = torch.tensor([1.5, 0.6])
     net = Linear(2)
     opt = torch.optim.Adam(net.parameters(), lr=0.05)
-    for _ in range(400):
+    decay = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.99)    # Adam's steps shrink: it settles on the minimiser
+    for _ in range(500):
         x0 = torch.randn(16, 2)
         out = method.loss(net, Batch.fully_paired(x0, a * x0))
         opt.zero_grad()
         out.total.backward()
         opt.step()
-    assert out.total.item() < 1e-8
+        decay.step()
+    mse = out.components.get("loss/mse", out.total.item())             # MeanFlow's total is adaptively weighted
+    assert mse < 1e-8
     x0 = torch.randn(5, 2)
     torch.testing.assert_close(euler_integrate(net, x0, [0.0, 1.0], "forward"), a * x0, atol=1e-4, rtol=0)
     torch.testing.assert_close(euler_integrate(net, a * x0, [0.0, 1.0], "backward"), x0, atol=1e-4, rtol=0)

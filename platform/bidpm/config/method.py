@@ -55,6 +55,8 @@ class MethodConfig(Section):
         0.25, gt=0.0, lt=1.0, description="shortcut: share of each batch trained on self-consistency (Frans et al.: 1/4)")
     meanflow_distinct_fraction: float = Field(
         0.25, ge=0.0, le=1.0, description="MeanFlow: share of rows with r != t (Geng et al.: 25%); the rest are r = t (flow matching)")
+    meanflow_adaptive_p: float = Field(
+        1.0, ge=0.0, description="MeanFlow: adaptive loss weight 1/(err + 1e-3)^p (Geng et al.: p = 1); 0 = plain squared error")
 
     @property
     def n_steps(self) -> int:

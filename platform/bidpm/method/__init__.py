@@ -42,7 +42,7 @@ def build_method(cfg: MethodConfig) -> Method:
     if cfg.name == "shortcut":
         return Shortcut(cfg.time_grid, cfg.shortcut_levels, cfg.shortcut_consistency_fraction)
     if cfg.name == "meanflow":
-        return MeanFlow(cfg.time_grid, cfg.meanflow_distinct_fraction)
+        return MeanFlow(cfg.time_grid, cfg.meanflow_distinct_fraction, cfg.meanflow_adaptive_p)
     if cfg.name == "cyclegan":
         from .cyclegan import CycleGAN
 

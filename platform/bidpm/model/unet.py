@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import (  # noqa: F401 - TimeLike, broadcast_time and timestep_embedding are re-exported
-    Downsample, ResBlock, SelfAttention, TimeLike, Upsample, broadcast_time, timestep_embedding,
+    STEP_TIME_SCALE, TIME_SCALE, Downsample, ResBlock, SelfAttention, TimeLike, Upsample, broadcast_time, timestep_embedding,
 )
 
 
@@ -69,6 +69,7 @@ class UNet(nn.Module):
         # shortcut / MeanFlow: the signed step h gets an embedding of its own, added to t's; it starts at zero,
         # so at initialisation u(x, t, h) = u(x, t). Absent otherwise: the other methods' weights are unchanged.
         self.step_conditioned = step_conditioned
+        self.time_scale = STEP_TIME_SCALE if step_conditioned else TIME_SCALE   # blocks.STEP_TIME_SCALE: why
         self.step_mlp = (nn.Sequential(nn.Linear(base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
                          if step_conditioned else None)
         if self.step_mlp is not None:
@@ -146,10 +147,10 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: expected x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         self.check_size(x.shape[2], x.shape[3])
         t = broadcast_time(t, x.shape[0], x.device)
-        temb = self.time_mlp(timestep_embedding(t, self.base_channels).to(x.dtype))
+        temb = self.time_mlp(timestep_embedding(t, self.base_channels, scale=self.time_scale).to(x.dtype))
         if self.step_mlp is not None:
             s = broadcast_time(0.0 if h is None else h, x.shape[0], x.device)
-            temb = temb + self.step_mlp(timestep_embedding(s, self.base_channels).to(x.dtype))
+            temb = temb + self.step_mlp(timestep_embedding(s, self.base_channels, scale=self.time_scale).to(x.dtype))
         elif h is not None:
             raise ValueError("UNet: a step h was given to a field without step conditioning (model.step_conditioned)")
 
