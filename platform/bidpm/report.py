@@ -47,13 +47,16 @@ def format_volume_table(ev: Evaluation) -> str:
     if not ev.volumes:
         return ""
     s = ev.summary()
-    keys = [k for k in ("vol_ssim", "vol_psnr", "vol_mae", "hu_mae", "hu_psnr", "hu_ssim", "hu25_mae", "hu25_psnr", "hu25_ms_ssim")
+    keys = [k for k in ("vol_ssim", "vol_psnr", "vol_mae", "vol_sag_ssim", "vol_cor_ssim", "vol_tp_grad_mae",
+                        "hu_mae", "hu_psnr", "hu_ssim", "hu25_mae", "hu25_psnr", "hu25_ms_ssim")
             if any(f"{ev.split}/{d}_{k}_mean" in s for d in DIRS)]
     head = ["direction"] + [{"vol": "3-D ", "hu": "SR2023 ", "hu25": "SR2025 "}[k.split("_", 1)[0]] + k.split("_", 1)[1].upper()
                             for k in keys]
     body = [[d] + [_cell(s.get(f"{ev.split}/{d}_{k}_mean"), s.get(f"{ev.split}/{d}_{k}_std"), k) for k in keys] for d in DIRS]
     note = (f"{len(ev.volume_subjects)} volumes (the shards' slices stacked in slice order, training grid); "
             f"3-D: 7x7x7 uniform-window SSIM in the mask, value scale as the slices ({scale_note(ev.scale)}); "
+            "inter-slice consistency: SAG/COR_SSIM of the reformatted sagittal/coronal planes, TP_GRAD_MAE the "
+            "through-plane gradient error (metrics.consistency); "
             "SR2023: SynthRAD2023's MAE (HU) / PSNR / SSIM on [-1024, 3000] HU; SR2025: SynthRAD2025's MAE (HU) / PSNR / "
             "masked 3-D MS-SSIM on [-1024, 3071] HU (metrics.synthrad2025)")
     skipped = f"\nskipped (NaN): {', '.join(f'{k}: {v}' for k, v in ev.volumes_skipped.items())}" if ev.volumes_skipped else ""

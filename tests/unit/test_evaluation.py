@@ -140,6 +140,15 @@ def test_volumes_are_the_slices_stacked_in_order_and_scored_in_3d():
     # SynthRAD2025 beside it: the same unclipped MAE (these values stay inside both ranges), its own MS-SSIM
     assert s["test/fwd_hu25_mae_mean"] == pytest.approx(float(np.mean(hu_mae)), rel=1e-5)
     assert 0.0 < s["test/fwd_hu25_ms_ssim_mean"] <= 1.0 and "test/bwd_hu25_mae_mean" not in s
+    # inter-slice consistency of the same stacked volumes, both directions (metrics.consistency)
+    from bidpm.metrics.consistency import inter_slice_consistency
+
+    sl = rows[:8]
+    want = inter_slice_consistency(np.stack([(r[0] + 0.1 + 1) / 2 for r in sl]), np.stack([(r[1] + 1) / 2 for r in sl]), 1.0,
+                                   np.stack([r[2] for r in sl]))
+    assert ev.volumes["fwd"]["sag_ssim"][0] == pytest.approx(want["sag_ssim"], abs=1e-6)
+    assert ev.volumes["fwd"]["tp_grad_mae"][0] == pytest.approx(want["tp_grad_mae"], abs=1e-6)
+    assert "test/bwd_vol_cor_ssim_mean" in s
 
 
 def test_a_volume_too_thin_for_the_window_is_nan_and_said():

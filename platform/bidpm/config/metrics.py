@@ -33,7 +33,7 @@ def metric_problem(name: str, split: str) -> Optional[str]:
             return None
     else:
         known = summary_keys("test")
-        vol = re.fullmatch(r"test/(fwd|bwd)_((vol|hu)_(ssim|psnr|mae)|hu25_(ms_ssim|psnr|mae))_(mean|std)", name)
+        vol = re.fullmatch(r"test/(fwd|bwd)_((vol|hu)_(ssim|psnr|mae)|vol_(sag_ssim|cor_ssim|tp_grad_mae)|hu25_(ms_ssim|psnr|mae))_(mean|std)", name)
         if name in known or vol:
             return None
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)

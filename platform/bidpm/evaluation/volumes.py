@@ -2,7 +2,8 @@
 
 A subject's slices (in slice-index order) are stacked into a (Z, H, W) volume per direction, for the
 synthesis and for the real images, and scored with ``metrics.clinical.volume_metrics`` on the same value
-scale as the slices (``evaluation.scale``) inside the stacked slice mask. When a direction produces CT,
+scale as the slices (``evaluation.scale``) inside the stacked slice mask, with the inter-slice consistency of
+``metrics.consistency`` (sagittal / coronal SSIM, through-plane gradient error). When a direction produces CT,
 ``synthrad_metrics`` (2023: ``hu_*``) and ``synthrad2025_metrics`` (``hu25_*``: MAE, PSNR, masked 3-D
 MS-SSIM) are also taken on the volume in Hounsfield units (the inverse of ``data.ct_window``).
 
@@ -22,9 +23,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..metrics.clinical import synthrad_metrics, volume_metrics
+from ..metrics.consistency import inter_slice_consistency
 from ..metrics.synthrad2025 import synthrad2025_metrics
 
-VOLUME_METRICS = ("ssim", "psnr", "mae")
+VOLUME_METRICS = ("ssim", "psnr", "mae", "sag_ssim", "cor_ssim", "tp_grad_mae")   # + inter-slice consistency
 HU_METRICS = ("mae", "psnr", "ssim")
 HU25_METRICS = ("mae", "psnr", "ms_ssim")
 
@@ -73,6 +75,7 @@ class VolumeScorer:
             ref = np.stack([r[1][d][1] for r in rows]).astype(np.float64)
             try:
                 vals = volume_metrics(pred, ref, self.data_range, mask)
+                vals.update(inter_slice_consistency(pred, ref, self.data_range, mask))
                 if d == self.hu_direction:
                     ct, sct = self._hu(ref), self._hu(pred)
                     vals.update({f"hu_{k}": v for k, v in synthrad_metrics(ct, sct, mask).items()})
