@@ -25,11 +25,12 @@ def _trial(config: dict[str, Any], base_cfg: dict[str, Any], datasets: Optional[
 
     cfg = trial_config(config_from_dict(base_cfg, origin="study config"), overrides_of(config))
     name, runs = train_run_name(tune.get_context().get_trial_name()), experiment_dir(cfg, cfg.tune.experiment_name) + "/" + TRAIN_RUNS
+    nfe = {NFE: cfg.method.n_steps}                                      # Optuna's objectives
     if (stored := finished_run(cfg, f"{runs}/{name}")) is not None:     # trained before a driver kill: report it
-        tune.report({**stored, **cost_so_far(f"{runs}/{name}/{ATTEMPTS}"), NFE: len(cfg.method.time_grid) - 1})
+        tune.report({**stored, **cost_so_far(f"{runs}/{name}/{ATTEMPTS}"), **nfe})
         return
     with AttemptClock(f"{runs}/{name}/{ATTEMPTS}", *held_devices(cfg.train)) as clock:   # device-hours, every attempt
-        report = WithMetrics(clock.callback(), {NFE: len(cfg.method.time_grid) - 1})   # Optuna's objectives
+        report = WithMetrics(clock.callback(), nfe)
         run_training(cfg, callbacks=[report], resume=True, name=name, storage_path=runs, datasets=datasets)
 
 
@@ -61,8 +62,8 @@ def finished_run(cfg: Any, run_dir: str) -> Optional[dict[str, Any]]:
 
 def cost_so_far(attempts: str) -> dict[str, Any]:
     """The ``cost/*`` entries of every attempt recorded (``tune.cost``), for a trial that runs no new one."""
-    from ..tune.cost import read_attempts, summed
+    from ..tune.cost import read_attempts, running_total, summed
 
     total = summed(read_attempts(attempts))
-    return {"cost/train_s": total["train_s"], "cost/device_hours": total["device_hours"], "cost/devices": total["devices"],
-            "cost/device": total["device"], "cost/attempts": total["attempts"]}
+    out = running_total(total, 0.0, total["device"], total["devices"] or 0.0)
+    return {**out, "cost/devices": total["devices"], "cost/attempts": total["attempts"]}   # no attempt of its own
