@@ -23,6 +23,7 @@ BASE = [
     "data.split.val_fraction=0.15", "data.split.test_fraction=0.1",
     "model.base_channels=8", "model.channel_mults=[1,2]", "model.groups=4", "model.attention_levels=[]",
     "method.name=bidpm", "method.paired_distance=l2", "method.lambda_unpaired=0.1", "data.pairing_ratio=0.5",
+    "data.pairing_unit=slice",        # 6 full steps per epoch from 6 training subjects (by subject: 2); bf16 is the point here
     "train.num_workers=1", "train.cpus_per_worker=0.5", "train.torch_threads=1", "train.precision=bf16",
     "train.batch_size=8", "train.lr=3e-3", "train.ema_warmup=true", f"train.max_steps_per_epoch={STEPS}",
     "train.val_batches=1", "train.checkpoint_keep=3", "train.run_name=bf16-cpu",

@@ -91,23 +91,60 @@ def test_read_split_torch_batches(prepared):
     assert all(float(x["source"].abs().max()) <= 1.0 for x in batches)
 
 
-def _paired_set(cfg, ratio):
+def _with(cfg, **data):
     c = cfg.model_copy(deep=True)
-    c.data.pairing_ratio = ratio
-    rows = read_split(c, "train", paired=True).select_columns(["subject", "slice"]).take_all()
-    return {(r["subject"], int(r["slice"])) for r in rows}
+    for k, v in data.items():
+        setattr(c.data, k, v)
+    return c
 
 
-def test_pairing_is_nested_and_matches_pair_u(prepared):
+def _rows(c, **kw) -> set[tuple[str, int]]:
+    return {(r["subject"], int(r["slice"])) for r in read_split(c, "train", **kw).select_columns(["subject", "slice"]).take_all()}
+
+
+def test_slice_pairing_is_nested_and_matches_pair_u(prepared):
     cfg, _ = prepared
-    all_rows = {(r["subject"], int(r["slice"])) for r in read_split(cfg, "train").select_columns(["subject", "slice"]).take_all()}
-    sets = {r: _paired_set(cfg, r) for r in (0.1, 0.5, 1.0)}
+    cfg = _with(cfg, pairing_unit="slice")
+    all_rows = _rows(cfg)
+    sets = {r: _rows(_with(cfg, pairing_ratio=r), paired=True) for r in (0.1, 0.5, 1.0)}
     assert sets[0.1] <= sets[0.5] <= sets[1.0] == all_rows
     assert sets[0.5] == {k for k in all_rows if pair_u(k[0], k[1], cfg.data.pairing_seed) < 0.5}
-    c = cfg.model_copy(deep=True)
-    c.data.pairing_ratio = 0.5
-    unpaired = {(r["subject"], int(r["slice"])) for r in read_split(c, "train", paired=False).select_columns(["subject", "slice"]).take_all()}
-    assert unpaired == all_rows - sets[0.5]
+    assert _rows(_with(cfg, pairing_ratio=0.5), paired=False) == all_rows - sets[0.5]
+
+
+def test_subject_pairing_against_a_hash_order_written_here(prepared):
+    """Issue 20, the default unit, against numpy: at ratio r the paired subjects are exactly the first
+    ceil(r * n) of the SHA-256 order; each unpaired subject is in the source stream or the target stream,
+    never both, with all its slices; the paired sets are nested across ratios."""
+    cfg, _ = prepared
+    all_rows = _rows(cfg)
+    subjects = sorted({s for s, _ in all_rows})
+    u = np.array([int.from_bytes(hashlib.sha256(f"{cfg.data.pairing_seed}|{s}|-1".encode()).digest()[:8], "big") >> 11
+                  for s in subjects], dtype=np.float64)
+    order = [subjects[i] for i in np.argsort(u, kind="stable")]
+    paired_sets = {}
+    for r in (0.25, 0.5, 0.75):
+        c = _with(cfg, pairing_ratio=r)
+        k = int(np.ceil(r * len(order)))
+        paired = _rows(c, paired=True)
+        assert {s for s, _ in paired} == set(order[:k]) and paired == {x for x in all_rows if x[0] in order[:k]}
+        sides = {}
+        for side, want in (("source", order[k::2] if k % 2 == 0 else order[k + 1::2]),   # even places give sources
+                           ("target", order[k + 1::2] if k % 2 == 0 else order[k::2])):
+            if want:
+                sides[side] = _rows(c, paired=False, side=side)
+                assert {s for s, _ in sides[side]} == set(want)
+            else:                                                    # e.g. 4 subjects at 75%: one unpaired, a target
+                with pytest.raises(DataError, match=rf"no subject is unpaired \({side} side\).*pairing_unit=subject"):
+                    _rows(c, paired=False, side=side)
+                sides[side] = set()
+        assert not ({s for s, _ in sides["source"]} & {s for s, _ in sides["target"]})   # never both modalities
+        assert sides["source"] | sides["target"] == all_rows - paired   # every unpaired subject's slices, on one side
+        paired_sets[r] = paired
+        flags = {(r_["subject"], int(r_["slice"])): r_["paired"] for r_ in read_split(c, "train").select_columns(
+            ["subject", "slice", "paired"]).take_all()}
+        assert {x for x, f in flags.items() if f} == paired
+    assert paired_sets[0.25] <= paired_sets[0.5] <= paired_sets[0.75]
 
 
 def _corrupt_one(cfg) -> str:

@@ -3,6 +3,7 @@ refusal to mix designs, and the report's numbers against numpy / scipy recomputa
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 from bidpm.study import figures as F
 from bidpm.study import tables as R
 from bidpm.config import ConfigError, load_config
-from bidpm.study.cells import SPEC_FILE, cell_config, cell_grids, check_cells, check_spec, expand_cells, study_dir
+from bidpm.study.cells import cell_config, cell_grids, check_cells, expand_cells, study_dir
+from bidpm.study.spec import SPEC_FILE, check_spec
 
 BASE = ["method.paired_distance=l2", "model.base_channels=8", "model.groups=4", "model.channel_mults=[1,2]",
         "data.image_size=[16,16]", "study.seeds=[0,1]", "study.pairing_ratios=[1.0,0.1]", "study.baseline_nfe=[1,2,5]",
@@ -72,8 +74,8 @@ def _manifest(n_subjects=3, slices=4):
 def test_a_ratio_without_paired_rows_and_missing_lpips_weights_stop_before_training(tmp_path):
     from bidpm.data.readers import paired_train_rows
 
-    c = cfg("study.pairing_ratios=[1.0, 0.0001]")
-    assert paired_train_rows(_manifest(), 0.0001, 0) == 0
+    c = cfg("study.pairing_ratios=[1.0, 0.0001]", "data.pairing_unit=slice")
+    assert paired_train_rows(_manifest(), 0.0001, 0, unit="slice") == 0
     with pytest.raises(ConfigError, match=r"no training row is paired at 0.01%.*Nothing was trained"):
         check_cells(c, expand_cells(c), _manifest())
     c = cfg("method.paired_distance=lpips", f"method.lpips_backbone_weights={tmp_path}/vgg.pth", "study.pairing_ratios=[1.0]")
@@ -87,13 +89,27 @@ def test_a_ratio_with_fewer_paired_rows_than_a_batch_needs_stops_before_training
     from bidpm.data.readers import paired_train_rows
 
     m = _manifest(n_subjects=8, slices=4)
-    c = cfg("study.pairing_ratios=[1.0, 0.1]", "train.batch_size=8", "train.num_workers=2")
-    have = paired_train_rows(m, 0.1, 0)
-    assert 0 < have < 2 * 4
-    with pytest.raises(ConfigError, match=rf"10% paired .* {have} paired training rows, fewer than .*2 workers x "
-                                          rf"train.batch_size 8 // 2 = 8.*Nothing was trained"):
+    for unit, have in (("slice", paired_train_rows(m, 0.1, 0, unit="slice")), ("subject", 4)):  # subject: 1 of 8 x 4 slices
+        c = cfg("study.pairing_ratios=[1.0, 0.1]", "train.batch_size=8", "train.num_workers=2", f"data.pairing_unit={unit}")
+        assert paired_train_rows(m, 0.1, 0, unit=unit) == have and 0 < have < 2 * 4
+        with pytest.raises(ConfigError, match=rf"10% paired .*pairing_unit={unit}.* {have} paired training rows, fewer than "
+                                              rf".*2 workers x train.batch_size 8 // 2 = 8.*Nothing was trained"):
+            check_cells(c, expand_cells(c), m)
+        check_cells(cfg("study.pairing_ratios=[1.0, 0.1]", "train.batch_size=2", "train.num_workers=1",
+                        f"data.pairing_unit={unit}"), expand_cells(c), m)
+
+
+def test_unpaired_subjects_too_few_for_a_side_stop_before_training():
+    """The subject unit: 3 subjects at 50% -> 2 paired and 1 unpaired, which gives sources only; no target
+    stream can be built, said before any training."""
+    from bidpm.data.readers import pairing_rows
+
+    m = _manifest(n_subjects=3, slices=4)
+    rows = pairing_rows(m, 0.5, 0, unit="subject")
+    assert rows["paired"] == 8 and sorted([rows["source"], rows["target"]]) == [0, 4]
+    c = cfg("study.pairing_ratios=[0.5]", "train.batch_size=2", "train.num_workers=1")
+    with pytest.raises(ConfigError, match=r"50% paired .*unpaired training rows give \d sources and \d targets.*Nothing was trained"):
         check_cells(c, expand_cells(c), m)
-    check_cells(cfg("study.pairing_ratios=[1.0, 0.1]", "train.batch_size=2", "train.num_workers=1"), expand_cells(c), m)
 
 
 def test_train_fraction_is_a_nested_subject_subset():
@@ -103,6 +119,27 @@ def test_train_fraction_is_a_nested_subject_subset():
     half, fifth = train_subset(files, 0.5, 0), train_subset(files, 0.2, 0)
     assert len(half) == 5 and len(fifth) == 2 and {f["path"] for f in fifth} <= {f["path"] for f in half}
     assert [f["path"] for f in half] == sorted(f["path"] for f in half)         # manifest order kept
+
+
+@pytest.mark.parametrize("n", [7, 10, 13, 30])
+def test_train_subjects_become_fractions_that_read_exactly_k_subjects(n):
+    """study.train_subjects: counts people plan with; each k reads exactly k of the n training subjects,
+    nested, and a count above n is refused naming n."""
+    from bidpm.data.readers import train_subset
+    from bidpm.study.cells import resolve_subject_counts
+
+    m = _manifest(n)
+    counts = [k for k in (1, 2, 4, 5, 7, 10, 13) if k <= n]
+    c = resolve_subject_counts(cfg(f"study.train_subjects={counts}"), m)
+    assert c.study.train_subjects is None and len(c.study.train_fractions) == len(counts)
+    chosen = [{f["subject"] for f in train_subset(m["files"], frac, 0)} for frac in sorted(c.study.train_fractions)]
+    assert [len(s) for s in chosen] == sorted(counts)
+    assert all(a <= b for a, b in zip(chosen, chosen[1:]))
+    assert len(expand_cells(c)) == cfg(f"study.train_subjects={counts}").study.cells
+    with pytest.raises(ConfigError, match=rf"study.train_subjects: {n + 1} is more than the {n} training subjects"):
+        resolve_subject_counts(cfg(f"study.train_subjects=[{n + 1}]"), m)
+    with pytest.raises(ConfigError, match="set one of them"):
+        cfg("study.train_subjects=[2]", "study.train_fractions=[0.5, 1.0]")
 
 
 def test_a_study_folder_of_another_design_is_refused(tmp_path):
@@ -130,6 +167,25 @@ def test_a_study_folder_from_before_a_new_field_resumes(tmp_path):
     with pytest.raises(ConfigError, match="another design"):
         check_spec(cfg(f"output_dir={tmp_path}", "train.checkpoint_unroll=true"))
     check_spec(cfg(f"output_dir={tmp_path}", "train.gpu_memory_gb=24"))   # a pre-flight setting, not the design
+
+
+@pytest.mark.parametrize("ratios, resumes_by_default", [("[1.0,0.1]", False), ("[1.0]", True)])
+def test_a_study_folder_from_before_the_pairing_unit_resumes_as_slice_pairing(tmp_path, ratios, resumes_by_default):
+    """data.pairing_unit's default (subject) is not what older folders did (slices): absent from an old spec,
+    the field means slice; the default is refused with the fix named, unless every ratio is 100%."""
+    c = cfg(f"output_dir={tmp_path}", f"study.pairing_ratios={ratios}")
+    check_spec(c)
+    loc = tmp_path / "ray_results" / c.study.name / SPEC_FILE
+    old = json.loads(loc.read_text())
+    del old["spec"]["data"]["pairing_unit"]
+    old["digest"] = "0" * 16
+    loc.write_text(json.dumps(old))
+    check_spec(cfg(f"output_dir={tmp_path}", f"study.pairing_ratios={ratios}", "data.pairing_unit=slice"))
+    if resumes_by_default:
+        check_spec(c)
+    else:
+        with pytest.raises(ConfigError, match=r"another design.*made before data.pairing_unit=slice became a choice"):
+            check_spec(c)
 
 
 # --- the report ---------------------------------------------------------------------------------------
@@ -224,9 +280,13 @@ def test_a_study_of_any_training_fractions_reports_every_fraction(tmp_path, caps
             for s in (0, 1):
                 cells.append(_cell("B", "bidpm", r, s, [("training grid N=1", 1, True, shift)], rng, fraction=f))
                 cells.append(_cell("RF", "rf", r, s, [("uniform N=1", 1, False, shift - 0.05)], rng, fraction=f))
-    paths = write_report(c, str(tmp_path), cells)
+    paths = write_report(c, str(tmp_path), cells, n_train=20)
+    for suffix, d in (("", 10), ("_f25", 5)):        # quality vs paired subjects at a fixed total D = ceil(f * 20)
+        rows = list(csv.DictReader((tmp_path / "report" / f"paired_subjects{suffix}.csv").read_text().splitlines()))
+        assert {(r["method"], int(r["train_subjects"]), int(r["paired_subjects"])) for r in rows} == \
+            {(m, d, p) for m in ("B", "RF") for p in (d, 1)}                       # 100% and 10% (ceil(0.1 d) = 1)
     for suffix in ("", "_f25"):
-        for name in ("table1", "table2", "figure5", "figure7"):
+        for name in ("table1", "table2", "figure5", "figure7", "paired_subjects"):
             assert paths[f"{name}{suffix}.csv"] and (tmp_path / "report" / f"{name}{suffix}.csv").stat().st_size > 0
         assert (tmp_path / "report" / f"figure5{suffix}.png").read_bytes()[:4] == b"\x89PNG"
     for f, suffix in ((0.5, ""), (0.25, "_f25")):
@@ -238,6 +298,7 @@ def test_a_study_of_any_training_fractions_reports_every_fraction(tmp_path, caps
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Table 1: 100% paired, 50% of the training subjects" in md and "## Table 1: 100% paired, 25% of the training subjects" in md
     assert "figure5_f25.png" in md and "Figure 7 (100% paired, 25% of the training subjects)" in md
+    assert "paired_subjects_f25.png" in md and "Pairing by subject (data.pairing_unit=subject" in md
     sig = R.to_csv(R.significance(cells, c, 1.0, 0.25)).decode()
     assert sig and (tmp_path / "report" / "significance.csv").read_text().count("\n") == 1 + 2 * 2 * 2  # fractions x ratios x dirs
     assert "25% of the training subjects" in capsys.readouterr().out

@@ -45,4 +45,5 @@ def ablation_config(cfg: Any, ratios: Sequence[float]) -> Any:
         row.update(time_grid=list(m.time_grid), step_weights=list(m.step_weights))
     return with_overrides(cfg, {"study.name": f"ablate_pairing-{cfg.name}", "study.methods": [row],
                           "study.pairing_ratios": sorted(set(float(r) for r in ratios), reverse=True),
-                          "study.seeds": [cfg.train.seed], "study.train_fractions": [1.0]})
+                          "study.seeds": [cfg.train.seed], "study.train_fractions": [1.0],
+                          "study.train_subjects": None})

@@ -80,9 +80,11 @@ class SplitConfig(Section):
 class DataConfig(Section):
     """Where volumes come from, how slices are made, and where shards go.
 
-    ``pairing_ratio`` is applied when shards are *read*: a row is paired iff a stable hash of
-    (subject, slice, pairing_seed) falls below the ratio, so 1%, 10%, 50%, 100% share one set of shards
-    and the paired sets are nested (``bidpm.data.pairing.pair_u``).
+    ``pairing_ratio`` is applied when shards are *read*, by ``pairing_unit``: ``subject`` (default) pairs
+    the first ceil(ratio * n) training subjects of a stable hash order, and each other subject gives its
+    source or its target slices, never both; ``slice`` pairs a row iff a stable hash of (subject, slice,
+    pairing_seed) falls below the ratio. Either way 1%, 10%, 50%, 100% share one set of shards and the
+    paired sets are nested (``bidpm.data.pairing``).
     ``source_modality`` / ``target_modality`` unset take the layout's default (brats t1->t2,
     synthrad mr->ct, csv source->target; phantom: that of ``phantom.layout``).
     """
@@ -107,6 +109,10 @@ class DataConfig(Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     pairing_ratio: float = Field(1.0, gt=0.0, le=1.0)
     pairing_seed: int = 0
+    pairing_unit: Literal["subject", "slice"] = Field(
+        "subject", description="what is paired: whole subjects (a patient has both modalities or one; unpaired "
+        "subjects give their source or their target slices, never both) or single slices (the behaviour before "
+        "this field: slices of one subject on both sides, for reproducing slice-level numbers)")
     train_fraction: float = Field(
         1.0, gt=0.0, le=1.0, description="share of the training SUBJECTS a run reads (data-scaling curves): the "
         "ceil(f * n) subjects first in a stable hash order of data.pairing_seed, so smaller fractions are nested "

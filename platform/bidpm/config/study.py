@@ -58,6 +58,10 @@ class StudyConfig(Section):
     pairing_ratios: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.1, 0.01])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     train_fractions: list[float] = Field(default_factory=lambda: [1.0], description="share of training subjects (nested)")
+    train_subjects: Optional[list[int]] = Field(
+        None, description="numbers of training subjects instead of shares (people think in patients): at the study's "
+        "start each k becomes the fraction k / n of the shards' n training subjects, which reads exactly k; "
+        "exclusive with train_fractions")
     baseline_nfe: list[int] = Field(default_factory=lambda: [1, 2, 5, 10], description="Euler steps the baselines are scored at (Fig. 7)")
     bidpm_extra_nfe: list[int] = Field(default_factory=list, description="Bi-DPM also at these uniform step counts (marked)")
     table2_ratio: Optional[float] = Field(None, description="pairing ratio of Table 2 (default: the smallest)")
@@ -80,6 +84,13 @@ class StudyConfig(Section):
             raise ValueError(f"must list distinct fractions in (0, 1], e.g. [1.0, 0.1] (got {v})")
         return sorted(v, reverse=True)
 
+    @field_validator("train_subjects")
+    @classmethod
+    def _counts(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is not None and (not v or any(k < 1 for k in v) or len(set(v)) != len(v)):
+            raise ValueError(f"must list distinct subject counts >= 1, e.g. [4, 8, 16] (got {v})")
+        return None if v is None else sorted(v, reverse=True)
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
@@ -99,6 +110,9 @@ class StudyConfig(Section):
         labels = [m.label for m in self.methods]
         if len(set(labels)) != len(labels):
             raise ValueError(f"study.methods: labels must be unique (got {labels})")
+        if self.train_subjects is not None and self.train_fractions != [1.0]:
+            raise ValueError(f"study.train_subjects and study.train_fractions: set one of them (got counts "
+                             f"{self.train_subjects} and fractions {self.train_fractions})")
         if self.table2_ratio is not None and self.table2_ratio not in self.pairing_ratios:
             raise ValueError(f"study.table2_ratio: {self.table2_ratio} is not one of study.pairing_ratios {self.pairing_ratios}")
         if not self.baseline_nfe and any(m.name not in ("bidpm", "cyclegan") for m in self.methods):
@@ -107,4 +121,4 @@ class StudyConfig(Section):
 
     @property
     def cells(self) -> int:
-        return len(self.methods) * len(self.pairing_ratios) * len(self.seeds) * len(self.train_fractions)
+        return len(self.methods) * len(self.pairing_ratios) * len(self.seeds) * len(self.train_subjects or self.train_fractions)

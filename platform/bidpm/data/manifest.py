@@ -33,7 +33,7 @@ PREPARE_HINT = "python jobs/prepare_data.py --config <your config>"
 # Settings that do not change the rows of a shard. The ingest's resource limits are among them:
 # ``max_volume_bytes`` only decides whether a crafted or oversized file is read at all (a subject it
 # refused is skipped, never half-read), so shards made before the limit existed keep their folder.
-_NOT_CONTENT = {"pairing_ratio", "pairing_seed", "train_fraction", "skip_bad", "num_workers", "cpus_per_task", "subjects_per_task",
+_NOT_CONTENT = {"pairing_ratio", "pairing_seed", "pairing_unit", "train_fraction", "skip_bad", "num_workers", "cpus_per_task", "subjects_per_task",
                 "shards_dir", "max_volume_bytes", "task_memory_bytes", "task_retries", "pseudonym_salt_file",
                 "allow_outside_root"}
 

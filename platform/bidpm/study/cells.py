@@ -3,12 +3,10 @@ its grids for scoring, where its scores live, and the checks made before any tra
 
 Cell ids are readable and stable (``<label>__p<paired %>__s<seed>__f<fraction %>``, label made safe for
 paths), so a study folder and its MLflow runs say what each cell is, and a rerun finds the same cells.
-A study folder records what it was made for (``study_spec.json``); another design is refused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -21,10 +19,10 @@ from ..io import storage
 from ..timegrid import uniform_grid
 from ..tune.names import experiment_dir
 
-SPEC_FILE, CELLS_DIR = "study_spec.json", "cells"
+CELLS_DIR = "cells"
 
-__all__ = ["CELLS_DIR", "Cell", "cell_config", "cell_file", "cell_grids", "check_cells", "check_spec", "cells_by_id",
-           "expand_cells", "fid_wanted", "read_cell", "spec_digest", "study_dir"]
+__all__ = ["CELLS_DIR", "Cell", "cell_config", "cell_file", "cell_grids", "check_cells", "cells_by_id",
+           "expand_cells", "fid_wanted", "read_cell", "resolve_subject_counts", "study_dir"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +40,20 @@ class Cell:
 
 def _safe(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-") or "m"
+
+
+def resolve_subject_counts(cfg: Config, manifest: dict) -> Config:
+    """``study.train_subjects`` [k, ...] -> ``study.train_fractions`` [k / n, ...] for the shards' n training
+    subjects (``share_count(k / n, n) == k``: each cell reads exactly k subjects); the config unchanged without
+    counts. A count above n is a ConfigError naming n."""
+    counts = cfg.study.train_subjects
+    if counts is None:
+        return cfg
+    n = sum(1 for f in manifest["files"] if f["split"] == "train")
+    if max(counts) > n:
+        raise ConfigError(f"study.train_subjects: {max(counts)} is more than the {n} training subjects in these shards; "
+                          f"list counts <= {n} (or ingest more subjects). Nothing was trained.")
+    return with_overrides(cfg, {"study.train_subjects": None, "study.train_fractions": [k / n for k in counts]})
 
 
 def expand_cells(cfg: Config) -> list[Cell]:
@@ -113,22 +125,34 @@ def check_cells(cfg: Config, cells: list[Cell], manifest: dict) -> None:
     weights are there when ``study.fid`` is true."""
     from ..method import build_method
     from ..model import build_velocity_field
-    from ..data.readers import paired_train_rows
+    from ..data.readers import pairing_rows
 
-    need = cfg.train.num_workers * (cfg.train.batch_size // 2)   # each worker's batches are half paired rows
+    unit = cfg.data.pairing_unit
+    b_p = cfg.train.batch_size // 2
+    need = cfg.train.num_workers * b_p   # each worker's batches are half paired rows
     for ratio in cfg.study.pairing_ratios:
         for frac in cfg.study.train_fractions:
-            paired = paired_train_rows(manifest, ratio, cfg.data.pairing_seed, frac)
+            rows = pairing_rows(manifest, ratio, cfg.data.pairing_seed, frac, unit=unit)
+            paired = rows["paired"]
+            where = f"at {100 * ratio:g}% paired (train fraction {frac:g}, data.pairing_unit={unit})"
             if paired == 0:
-                raise ConfigError(f"study.pairing_ratios: no training row is paired at {100 * ratio:g}% "
-                                  f"(train fraction {frac:g}, data.pairing_seed={cfg.data.pairing_seed}) on these shards; "
-                                  f"drop that ratio, use more data, or change data.pairing_seed. Nothing was trained.")
+                raise ConfigError(f"study.pairing_ratios: no training row is paired {where}, data.pairing_seed="
+                                  f"{cfg.data.pairing_seed}, on these shards; drop that ratio, use more data, or change "
+                                  f"data.pairing_seed. Nothing was trained.")
             if ratio < 1.0 and paired < need:
                 raise ConfigError(
-                    f"study.pairing_ratios: at {100 * ratio:g}% paired (train fraction {frac:g}) the shards have {paired} "
+                    f"study.pairing_ratios: {where} the shards have {paired} "
                     f"paired training rows, fewer than one batch's paired share on every worker needs "
                     f"({cfg.train.num_workers} workers x train.batch_size {cfg.train.batch_size} // 2 = {need}); "
                     f"lower train.batch_size or train.num_workers, drop that ratio, or use more data. Nothing was trained.")
+            b_u = cfg.train.batch_size - b_p
+            if ratio < 1.0 and rows["source"] + rows["target"] and (rows["source"] < cfg.train.num_workers * b_u
+                                                                    or rows["target"] < b_u):
+                raise ConfigError(
+                    f"study.pairing_ratios: {where} the unpaired training rows give {rows['source']} sources and "
+                    f"{rows['target']} targets; every worker's batches need {b_u} of each (sources: "
+                    f"{cfg.train.num_workers} workers x {b_u}). Use more training subjects, drop that ratio, or lower "
+                    f"train.batch_size. Nothing was trained.")
     if cfg.study.fid is True and (missing := _inception_missing()) is not None:
         raise ConfigError(f"study.fid=true: {missing}; or set study.fid=false. Nothing was trained.")
     seen = set()
@@ -160,18 +184,6 @@ def _inception_missing() -> Optional[str]:
     except FIDWeightsUnavailable as exc:
         return str(exc)
     return None
-
-
-def spec_digest(cfg: Config) -> tuple[str, dict[str, Any]]:
-    """What a study folder was made for: everything but the study's scheduling knobs and the tracking
-    store. A rerun with another spec is refused (``check_spec``), so cells of two designs never mix."""
-    raw = cfg.to_dict()
-    for k in ("tracking", "tune"):
-        raw.pop(k, None)
-    raw["study"] = {k: v for k, v in raw["study"].items() if k not in ("max_concurrent_trials", "bootstrap_samples")}
-    raw["train"] = {k: v for k, v in raw["train"].items() if k not in ("max_failures", "controller_failure_limit", "gpu_memory_gb")}
-    text = json.dumps(raw, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16], raw
 
 
 def study_dir(cfg: Config) -> str:
@@ -208,41 +220,3 @@ def read_cell(cfg: Config, cell_id: str, print_fn: Any = print) -> Optional[dict
 
 def cells_by_id(cfg: Config) -> dict[str, Cell]:
     return {c.id: c for c in expand_cells(cfg)}
-
-
-def _only_new_defaults(cfg: Config, old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Same design after an upgrade: ``new`` differs from ``old`` only by section fields added since the
-    folder was made (absent from ``old``) that hold their defaults - a study resumes across versions."""
-    if set(old) != set(new):
-        return False
-    for section, values in new.items():
-        before = old[section]
-        if not isinstance(values, dict) or not isinstance(before, dict):
-            if values != before:
-                return False
-            continue
-        fields = getattr(type(getattr(cfg, section, None)), "model_fields", {})
-        for key, value in values.items():
-            if key in before:
-                if before[key] != value:
-                    return False
-            elif key not in fields or value != json.loads(json.dumps(fields[key].get_default(call_default_factory=True), default=str)):
-                return False
-        if set(before) - set(values):
-            return False
-    return True
-
-
-def check_spec(cfg: Config) -> None:
-    """Refuse a study folder made for another design; record the spec for a new one."""
-    digest, spec = spec_digest(cfg)
-    loc = storage.join(study_dir(cfg), SPEC_FILE)
-    if storage.is_file(loc):
-        old = json.loads(storage.read_bytes(loc))
-        if old["digest"] != digest and not _only_new_defaults(cfg, old["spec"], spec):
-            changed = sorted(k for k in set(old["spec"]) | set(spec) if old["spec"].get(k) != spec.get(k))
-            raise ConfigError(f"study.name={cfg.study.name!r}: {study_dir(cfg)} holds a study of another design "
-                              f"(sections changed: {changed}); its cells would mix with these. Choose a new "
-                              f"study.name=..., or delete that folder to start over")
-        return
-    storage.write_bytes_atomic(loc, json.dumps({"digest": digest, "spec": spec}, default=str).encode())

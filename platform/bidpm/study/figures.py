@@ -9,7 +9,7 @@ from ..evaluation import scale_note
 from ..plots import png_bytes, pyplot
 from .tables import DIRS, aggregate, cells_at, representative
 
-__all__ = ["figure5", "figure7"]
+__all__ = ["figure5", "figure7", "paired_subjects_figure"]
 
 
 def figure5(cells: list[dict], cfg: Any, fraction: float = 1.0) -> tuple[bytes, list[dict]]:
@@ -25,6 +25,17 @@ def figure5(cells: list[dict], cfg: Any, fraction: float = 1.0) -> tuple[bytes, 
                              **{k: a[k] for k in a if k.startswith(tuple(DIRS))}})
     return _plot(rows, "paired_pct", m, "paired rows (%)", log=True,
                  title=f"Figure 5: quality vs pairing ratio{_of(fraction)}", cfg=cfg), rows
+
+
+def paired_subjects_figure(rows5: list[dict], cfg: Any, fraction: float, n_train: int) -> tuple[bytes, list[dict]]:
+    """Figure 5's rows against the number of paired training subjects at a fixed total (``data.pairing_unit=
+    subject``): D = share_count(fraction, n_train) subjects, share_count(ratio, D) of them paired."""
+    from ..data.pairing import share_count
+
+    d = share_count(fraction, n_train)
+    rows = [{**r, "train_subjects": d, "paired_subjects": share_count(r["paired_pct"] / 100, d)} for r in rows5]
+    return _plot(rows, "paired_subjects", cfg.study.metric, f"paired training subjects (of {d})", log=True,
+                 title=f"Quality vs paired subjects, {d} training subjects{_of(fraction)}", cfg=cfg), rows
 
 
 def figure7(cells: list[dict], cfg: Any, ratio: float, fraction: float = 1.0) -> tuple[bytes, list[dict]]:

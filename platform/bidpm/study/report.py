@@ -37,7 +37,7 @@ def write_report(cfg: Config, folder: str, cells: list[dict[str, Any]], client: 
     fractions = sorted(set(st.train_fractions), reverse=True)
     sections, files, printed, sig = [], {}, [], []
     for f in fractions:
-        block = _fraction_block(cells, cfg, f, full, low, "" if f == fractions[0] else f"_f{100 * f:g}")
+        block = _fraction_block(cells, cfg, f, full, low, "" if f == fractions[0] else f"_f{100 * f:g}", n_train)
         sections.append(block["md"])
         files.update(block["files"])
         printed.append(block["printed"])
@@ -56,7 +56,10 @@ def write_report(cfg: Config, folder: str, cells: list[dict[str, Any]], client: 
             for c in cells for g in c["grids"]]
     note = (f"{scale_note(cfg.evaluation.scale)}. Cells: a ± b [c] = mean over {len(st.seeds)} seed(s) ± std over "
             f"seeds [per-image spread]. Bi-DPM at its training grid, CycleGAN one step, baselines at their best NFE of "
-            f"{st.baseline_nfe} on the test split (which favours them).")
+            f"{st.baseline_nfe} on the test split (which favours them). Pairing by {cfg.data.pairing_unit} "
+            f"(data.pairing_unit={cfg.data.pairing_unit}: " + ("whole training subjects are paired; each unpaired "
+            "subject gives its source or its target slices, never both)" if cfg.data.pairing_unit == "subject" else
+            "single slices are paired, so one subject's slices can be on both sides)"))
     md = "\n\n".join([f"# Study {st.name}", note, *sections, f"## Cost\n\n{cost}\n\nPer cell (cost_cells.csv):\n\n{per_cell}"])
     files.update({"report.md": md.encode(), "significance.csv": T.to_csv(sig), "cost.csv": T.to_csv(cost_rows),
                   "cost_cells.csv": T.to_csv(cell_cost_rows),
@@ -80,13 +83,16 @@ def write_report(cfg: Config, folder: str, cells: list[dict[str, Any]], client: 
     return paths
 
 
-def _fraction_block(cells: list[dict[str, Any]], cfg: Config, f: float, full: float, low: float, suffix: str) -> dict[str, Any]:
-    """One training fraction's tables, figures and significance: markdown, files, console text."""
+def _fraction_block(cells: list[dict[str, Any]], cfg: Config, f: float, full: float, low: float, suffix: str,
+                    n_train: Optional[int] = None) -> dict[str, Any]:
+    """One training fraction's tables, figures and significance: markdown, files, console text; with
+    subject pairing and ``n_train``, Figure 5 again against the number of paired subjects."""
     st = cfg.study
     of = "" if f == 1.0 else f", {100 * f:g}% of the training subjects"
     t1, t1_rows = T.table(cells, cfg, full, fraction=f)
     t2, t2_rows = T.table(cells, cfg, low, bracket=full, fraction=f) if low != full else ("", [])
     png5, f5 = F.figure5(cells, cfg, f)
+    by_subjects = bool(n_train) and cfg.data.pairing_unit == "subject" and len(st.pairing_ratios) > 1
     png7, f7 = F.figure7(cells, cfg, full, f)
     sig = [s for r in st.pairing_ratios for s in T.significance(cells, cfg, r, f)]
     sig_md = "\n".join(f"- {100 * s['ratio']:g}% paired, {s['direction']}: {s['bidpm']} - {s['baseline']} = "
@@ -97,6 +103,7 @@ def _fraction_block(cells: list[dict[str, Any]], cfg: Config, f: float, full: fl
         f"## Table 1: {100 * full:g}% paired{of}\n\n{t1}",
         f"## Table 2: {100 * low:g}% paired ({100 * full:g}% in brackets){of}\n\n{t2}" if t2 else "",
         f"## Figure 5{of}\n\n![figure 5](figure5{suffix}.png)",
+        f"## Quality vs paired subjects{of}\n\n![paired subjects](paired_subjects{suffix}.png)" if by_subjects else "",
         f"## Figure 7 ({100 * full:g}% paired{of})\n\n![figure 7](figure7{suffix}.png)",
         f"## Is Bi-DPM's lead over the best baseline supported?{of and ' (' + of[2:] + ')'}\n\nPaired bootstrap over test "
         f"images (seed-averaged per image, {st.bootstrap_samples} resamples) and Wilcoxon signed-rank test.\n\n"
@@ -104,6 +111,9 @@ def _fraction_block(cells: list[dict[str, Any]], cfg: Config, f: float, full: fl
     files = {f"table1{suffix}.md": t1.encode(), f"table1{suffix}.csv": T.to_csv(t1_rows),
              f"figure5{suffix}.png": png5, f"figure5{suffix}.csv": T.to_csv(f5),
              f"figure7{suffix}.png": png7, f"figure7{suffix}.csv": T.to_csv(f7)}
+    if by_subjects:
+        png_s, rows_s = F.paired_subjects_figure(f5, cfg, f, n_train)
+        files.update({f"paired_subjects{suffix}.png": png_s, f"paired_subjects{suffix}.csv": T.to_csv(rows_s)})
     if t2:
         files.update({f"table2{suffix}.md": t2.encode(), f"table2{suffix}.csv": T.to_csv(t2_rows)})
     printed = f"\nTable 1 ({100 * full:g}% paired{of})\n{t1}"

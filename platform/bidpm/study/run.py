@@ -27,7 +27,8 @@ from ..tune.names import also_known_as
 from ..tune.names import trial_name as named
 from ..tune.reporter import progress_settings
 from ..tune.watchdog import StallWatchdog
-from .cells import Cell, cell_config, cells_by_id, check_cells, check_spec, expand_cells, read_cell, study_dir
+from .cells import Cell, cell_config, cells_by_id, check_cells, expand_cells, read_cell, resolve_subject_counts, study_dir
+from .spec import check_spec
 from .progress import CellProgress
 from .report import write_report
 from .memory import study_cases
@@ -71,8 +72,12 @@ def run_study(cfg: Config) -> StudyResult:
     report; the parent run ends FINISHED (every cell scored) or FAILED (cells missing). Needs Ray."""
     from ..raycluster.resources import concurrency
 
-    cells = expand_cells(cfg)
     found = preflight(cfg, job="study", memory_cases=study_cases(cfg) if cfg.train.use_gpu else None)                 # a cell larger than a fixed cluster would wait forever
+    if cfg.study.train_subjects:
+        counts, cfg = cfg.study.train_subjects, resolve_subject_counts(cfg, found.manifest)
+        print(f"study.train_subjects {counts}: fractions {[round(f, 4) for f in cfg.study.train_fractions]} of the "
+              f"training subjects in the shards", flush=True)
+    cells = expand_cells(cfg)
     check_cells(cfg, cells, found.manifest)
     where = study_dir(cfg)
     with folder_lease(where, f"study {cfg.study.name!r}"):   # one writer: a second study of this name is refused
@@ -85,8 +90,8 @@ def run_study(cfg: Config) -> StudyResult:
             trainable = tune.with_resources(tune.with_parameters(_cell_trial, base_cfg=cfg.to_dict()), {"cpu": cfg.tune.trial_cpus})
             limit = concurrency(cfg, ray.cluster_resources(), cfg.study.max_concurrent_trials)
             st = cfg.study
-            print(f"study {st.name!r}: {len(cells)} cells ({len(st.methods)} methods x {len(st.pairing_ratios)} ratios x "
-                  f"{len(st.seeds)} seeds x {len(st.train_fractions)} fractions), up to {limit} at once; folder {where}", flush=True)
+            print(f"study {st.name!r}: {len(cells)} cells ({len(st.methods)} methods x {len(st.pairing_ratios)} ratios "
+                  f"(paired by {cfg.data.pairing_unit}) x {len(st.seeds)} seeds x {len(st.train_fractions)} fractions), up to {limit} at once; folder {where}", flush=True)
             if Tuner.can_restore(where):
                 # Errored cells are not resumed here: Tune re-queues them all at once, past max_concurrent_trials,
                 # and their Train runs then starve each other; they are retried below under the limit.

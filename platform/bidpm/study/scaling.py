@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..data.pairing import share_count
 from ..plots import png_bytes, pyplot
 from ..scaling.fit import ScalingFit, bootstrap_fit, holdout_check
 from .tables import DIRS, cells_at, grid_of, representative
@@ -46,7 +47,7 @@ def scaling_section(cells: list[dict], cfg: Any, n_train: int) -> Optional[dict[
     ratio = max(st.pairing_ratios)
     by_size: dict[float, float] = {}          # fractions that round to one subject count: the larger is kept
     for f in fractions:
-        by_size[float(max(1, math.ceil(f * n_train - 1e-9)))] = f
+        by_size[float(share_count(f, n_train))] = f
     sizes, fractions = list(by_size), list(by_size.values())
     if len(sizes) < 3:
         return None

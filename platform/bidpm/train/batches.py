@@ -5,13 +5,16 @@ and unpaired data". Each training batch of ``batch_size`` rows therefore holds `
 paired rows (first) and ``batch_size - batch_size // 2`` unpaired rows (last) - exactly half each
 for an even batch size. Three streams feed it:
 
-- ``unpaired``: sources of the unpaired rows; one pass over it is one epoch (it is the stream Ray
-  Train splits across workers, so every worker takes the same number of steps);
+- ``unpaired``: sources of the unpaired rows (under ``data.pairing_unit=subject``: of the unpaired
+  subjects that give sources); one pass over it is one epoch (it is the stream Ray Train splits across
+  workers, so every worker takes the same number of steps);
 - ``paired``: paired rows, cycled (the paired subset is usually much smaller, e.g. 1% or 10%);
-- ``unpaired_targets``: targets of the unpaired rows, a *separate, independently shuffled* pass over
-  the unpaired subset, cycled. An unpaired row's target therefore comes from another position of
-  another permutation than its source, so neither the row's own target nor a same-subject slice
-  neighbour rides along with it: no hidden correspondence leaks into ``L_u`` (Eq. 8).
+- ``unpaired_targets``: targets of the unpaired rows, a *separate, independently shuffled* pass,
+  cycled: under the subject unit over the *other* unpaired subjects (those that give targets), so no
+  unpaired source has its own target - or any slice of its own subject - anywhere in training; under
+  the slice unit over the same unpaired rows, so a row's target comes from another position of another
+  permutation than its source (its own target can still ride along, rarely, and a slice neighbour of
+  the same subject often: the reason the subject unit is the default).
 
 With ``pairing_ratio == 1`` there is one stream and every row is paired (``uniform_batches``).
 Batches from Ray arrive as dicts of column tensors; image columns may be flat ``(B, H*W)``
@@ -91,7 +94,7 @@ def cycle(factory: StreamFactory, name: str) -> Iterator[RowBatch]:
         if empty:
             raise ValueError(
                 f"the {name} stream yielded no full batch in a whole pass: the subset has fewer rows than the "
-                "batch needs; lower train.batch_size or change data.pairing_ratio"
+                "batch needs; lower train.batch_size, change data.pairing_ratio or use more training subjects"
             )
         k += 1
 

@@ -73,23 +73,31 @@ def build_datasets(cfg: Config) -> dict[str, ray.data.Dataset]:
     """The datasets one ``fit()`` streams, by name (see batches.py), materialised when configured.
 
     ``data.pairing_ratio == 1`` (or no unpaired rows): ``{"train", "val"}``; below 1:
-    ``{"train_unpaired", "train_paired", "train_unpaired_targets", "val"}``, the targets stream being
-    the unpaired rows with their own block order (and, in the workers, their own shuffle seeds).
+    ``{"train_unpaired", "train_paired", "train_unpaired_targets", "val"}``, the targets stream with its
+    own block order (and, in the workers, its own shuffle seeds): under ``data.pairing_unit=subject`` the
+    rows of the unpaired subjects that give targets, under ``slice`` the unpaired rows again.
     """
     tc = cfg.train
 
-    def prepared(split: str, columns: list[str], paired: Optional[bool] = None) -> ray.data.Dataset:
-        ds = read_split(cfg, split, paired, columns=columns)  # no string column: iter_torch_batches needs tensors
+    def prepared(split: str, columns: list[str], paired: Optional[bool] = None, side: Optional[str] = None) -> ray.data.Dataset:
+        ds = read_split(cfg, split, paired, side=side, columns=columns)  # no string column: iter_torch_batches needs tensors
         return ds.materialize() if tc.materialize_datasets else ds
 
     out: dict[str, ray.data.Dataset] = {VAL: prepared("val", VAL_COLUMNS)}
-    if cfg.data.pairing_ratio >= 1.0:
+    by_subject = cfg.data.pairing_unit == "subject"
+    roles = train_roles(cfg) if by_subject else {}
+    if cfg.data.pairing_ratio >= 1.0 or (by_subject and roles["source"] + roles["target"] == 0):
         out[ALL_PAIRED] = prepared("train", STEP_COLUMNS)
         return out
     split_sizes(tc.batch_size)  # mixed batches need >= 2 rows: fail before any reading
+    if by_subject and min(roles.values()) == 0:
+        raise ValueError(
+            f"data.pairing_ratio={cfg.data.pairing_ratio} (data.pairing_unit=subject): the training subjects split into "
+            f"{roles['paired']} paired, {roles['source']} giving sources and {roles['target']} giving targets; unpaired "
+            f"training needs at least one of each: use more training subjects, another ratio, or data.pairing_unit=slice")
     paired = prepared("train", STEP_COLUMNS, paired=True)
-    unpaired = prepared("train", STEP_COLUMNS, paired=False)
-    if tc.materialize_datasets:
+    unpaired = prepared("train", STEP_COLUMNS, paired=False, side="source" if by_subject else None)
+    if tc.materialize_datasets and not by_subject:
         n_p, n_u = paired.count(), unpaired.count()
         if n_p == 0:
             raise ValueError(
@@ -101,8 +109,21 @@ def build_datasets(cfg: Config) -> dict[str, ray.data.Dataset]:
             return out
     out[UNPAIRED] = unpaired
     out[PAIRED] = paired
-    out[UNPAIRED_TARGETS] = unpaired.randomize_block_order(seed=tc.seed + 1)
+    targets = prepared("train", STEP_COLUMNS, paired=False, side="target") if by_subject else unpaired
+    out[UNPAIRED_TARGETS] = targets.randomize_block_order(seed=tc.seed + 1)
     return out
+
+
+def train_roles(cfg: Config) -> dict[str, int]:
+    """Training subjects per role under the subject unit (``bidpm.data.pairing.subject_roles``), from the manifest."""
+    from collections import Counter
+
+    from bidpm.data.pairing import subject_roles
+    from bidpm.data.readers import split_entries
+
+    roles = subject_roles([e["subject"] for e in split_entries(cfg, "train")], cfg.data.pairing_seed, cfg.data.pairing_ratio)
+    counts = Counter(roles.values())
+    return {r: counts.get(r, 0) for r in ("paired", "source", "target")}
 
 
 def run_training(
