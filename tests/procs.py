@@ -141,13 +141,15 @@ def s3_server(log: Path) -> Iterator[dict[str, str]]:
 
 
 class MlflowServer:
-    """`mlflow server` on loopback with its own SQLite store under ``store``, started and stopped by PID (its
+    """`mlflow server` on loopback with its own SQLite store under ``store`` (or ``backend_uri``, given as the
+    manifest gives it: MLFLOW_BACKEND_STORE_URI in the server's environment), started and stopped by PID (its
     own process group: the server and its workers). ``args``: more server flags (``--artifacts-destination``
     defaults to ``store/artifacts``; ``--app-name basic-auth`` ...); ``env``: its environment. The same port
     across ``start`` / ``kill`` / ``start`` (an outage and the server coming back), chosen once."""
 
-    def __init__(self, store: Path, *args: str, env: Optional[dict[str, str]] = None, port: Optional[int] = None) -> None:
-        self.store, self.args, self.env = Path(store), list(args), env
+    def __init__(self, store: Path, *args: str, env: Optional[dict[str, str]] = None, port: Optional[int] = None,
+                 backend_uri: Optional[str] = None) -> None:
+        self.store, self.args, self.env, self.backend_uri = Path(store), list(args), env, backend_uri
         if port is None:
             with reserved_ports(1, host="127.0.0.1") as (port,):
                 pass
@@ -159,10 +161,17 @@ class MlflowServer:
 
         self.store.mkdir(parents=True, exist_ok=True)
         dest = [] if "--artifacts-destination" in self.args else ["--artifacts-destination", str(self.store / "artifacts")]
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}", *dest, *self.args]
+        workers = [] if "--workers" in self.args else ["--workers", "1"]
+        env = dict(self.env if self.env is not None else os.environ)
+        if self.backend_uri:                 # as the KubeRay manifest passes it: in the environment, never argv
+            env["MLFLOW_BACKEND_STORE_URI"] = self.backend_uri
+            store = []
+        else:
+            store = ["--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}"]
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), *workers,
+               *store, *dest, *self.args]
         log = open(self.store / "server.log", "a")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -185,3 +194,132 @@ class MlflowServer:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def postgres_bin() -> Optional[Path]:
+    """The folder holding PostgreSQL's ``initdb`` and ``postgres``: on PATH, else Debian's
+    /usr/lib/postgresql/<version>/bin (the package puts neither on PATH); None when not installed."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return versions[-1].parent if versions else None
+
+
+class PostgresServer:
+    """A real PostgreSQL on a loopback port with its own data folder, started and stopped by PID.
+
+    One database ``mlflow`` owned by user ``mlflow``, reached over TCP with a password (scram-sha-256,
+    as a managed database is); the local socket (in the data folder) trusts, for set-up only. PostgreSQL
+    refuses to run as root, so under root every command runs as the ``postgres`` system user
+    (``runuser``) and the data folder is made in /tmp (pytest's tmp_path is private to root). ``stop``
+    is an immediate shutdown (SIGQUIT to the postmaster, by the PID in its ``postmaster.pid``: what
+    ``pg_ctl stop -m immediate`` sends, a crash for the clients); ``start`` again brings the same
+    database back on the same port (crash recovery)."""
+
+    def __init__(self, bindir: Path, password: str) -> None:
+        self.bindir, self.password = Path(bindir), password
+        self.data = Path(tempfile.mkdtemp(prefix="bidpm-pg-", dir="/tmp"))
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        with reserved_ports(1, host="127.0.0.1") as (port,):
+            pass
+        self.port = port
+        self.uri = f"postgresql://mlflow:{password}@127.0.0.1:{port}/mlflow"
+        pw = self.data / "pw"
+        pw.write_text(password + "\n")
+        if self.as_user:
+            import pwd
+
+            ent = pwd.getpwnam("postgres")
+            for p in (self.data, pw):
+                os.chown(p, ent.pw_uid, ent.pw_gid)
+        out = self._run("initdb", "-D", str(self.data / "db"), "-U", "mlflow", f"--pwfile={pw}", "--auth-local=trust",
+                        "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
+        assert out.returncode == 0, out.stdout + out.stderr
+        self.start()
+        out = self._run("createdb", "-h", str(self.data), "-p", str(port), "-U", "mlflow", "mlflow")
+        assert out.returncode == 0, out.stdout + out.stderr
+
+    def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.as_user, str(self.bindir / tool), *args], capture_output=True, text=True, timeout=120)
+
+    @property
+    def log(self) -> Path:
+        return self.data / "server.log"
+
+    def start(self, timeout_s: float = 60) -> "PostgresServer":
+        cmd = [*self.as_user, str(self.bindir / "pg_ctl"), "start", "-D", str(self.data / "db"), "-l", str(self.log),
+               "-w", "-t", str(int(timeout_s)), "-o",
+               f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c fsync=off -c max_connections=40"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30)
+        assert out.returncode == 0, out.stdout + out.stderr + (self.log.read_text()[-2000:] if self.log.exists() else "")
+        return self
+
+    def pid(self) -> Optional[int]:
+        try:
+            return int((self.data / "db" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """Immediate shutdown by PID; returns once the postmaster is gone."""
+        pid = self.pid()
+        if pid is None or not psutil.pid_exists(pid):
+            return
+        proc = psutil.Process(pid)
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(timeout_s)
+        except psutil.TimeoutExpired:
+            stop_processes([proc, *proc.children(recursive=True)], 5)
+
+    def query(self, sql: str) -> list[tuple]:
+        """Rows of ``sql`` over TCP with the password (the database must be up)."""
+        import psycopg
+
+        con = psycopg.connect(self.uri, connect_timeout=10)
+        try:
+            with con.cursor() as cur:
+                cur.execute(sql)
+                return cur.fetchall()
+        finally:
+            con.close()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+def manifest_server(folder: Path, backend_uri: Optional[str] = None, args_kept: bool = False) -> tuple[MlflowServer, dict[str, str]]:
+    """An `MlflowServer` configured as cluster/kuberay/mlflow-server.yaml configures its pod: the
+    Deployment's args (``--serve-artifacts --app-name basic-auth``; ``--workers`` too with ``args_kept``),
+    the ConfigMap's ``basic_auth.ini`` (its user store moved to ``folder``) and the Secrets' values in the
+    environment (made up here: admin ``bidpm``). ``backend_uri``: the manifest's MLFLOW_BACKEND_STORE_URI
+    (a PostgreSQL URI); else the helper's SQLite store. Returns the (not started) server and the Secret
+    values, plus the ConfigMap's ``create_run_user.py`` source as ``secret["create_run_user.py"]``."""
+    import configparser
+
+    import flask_wtf  # MLflow's basic-auth app needs it (mlflow[auth]); a test dependency
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    docs = {d["kind"]: d for d in yaml.safe_load_all((repo / "cluster/kuberay/mlflow-server.yaml").read_text()) if d}
+    (c,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    ini = configparser.ConfigParser()
+    ini.read_string(docs["ConfigMap"]["data"]["basic_auth.ini"])
+    ini["mlflow"]["database_uri"] = f"sqlite:///{folder / 'basic_auth.db'}"     # the pod's own volume, here folder
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "basic_auth.ini", "w") as f:
+        ini.write(f)
+    secret = {"username": "bidpm", "password": "pw-" + os.urandom(8).hex(), "flask-secret-key": os.urandom(16).hex()}
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(folder / "basic_auth.ini"),
+           "PYTHONPATH": os.pathsep.join([str(Path(flask_wtf.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    for e in c["env"]:
+        if "valueFrom" in e and e["name"] != "MLFLOW_BACKEND_STORE_URI":
+            env[e["name"]] = secret[e["valueFrom"]["secretKeyRef"]["key"]]
+    args, skip = [], {"--host", "--port"} | (set() if args_kept else {"--workers"})   # loopback and a free port: MlflowServer's
+    for i, a in enumerate(c["args"]):
+        if a not in skip and (i == 0 or c["args"][i - 1] not in skip):
+            args.append(a)
+    secret["create_run_user.py"] = docs["ConfigMap"]["data"]["create_run_user.py"]
+    return MlflowServer(folder, *args, env=env, backend_uri=backend_uri), secret

@@ -34,7 +34,7 @@ from bidpm.config.data import SALT_ENV
 from bidpm.tracking.promotion import LOCK_SUFFIX, promotion_lock
 from bidpm.tracking.registry import CHAMPION, TAG_REGISTRATION_KEY, registration_key
 
-from procs import MlflowServer  # tests/procs.py
+from procs import MlflowServer, manifest_server  # tests/procs.py
 from tiny import tiny_checkpoint, tiny_overrides  # tests/tiny.py
 
 pytestmark = pytest.mark.integration
@@ -334,29 +334,9 @@ def test_salt_is_in_no_param_run_artifact_or_registered_model(tmp_path):
 @pytest.fixture
 def auth_server(tmp_path):
     """`mlflow server --app-name basic-auth` with the manifest's auth config and env (the Secret's values)."""
-    flask_wtf = pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs Flask-WTF (mlflow[auth])")
-    import configparser
-
-    import yaml
-
-    docs = {d["kind"]: d for d in yaml.safe_load_all((REPO / "cluster/kuberay/mlflow-server.yaml").read_text()) if d}
-    (c,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
-    ini = configparser.ConfigParser()
-    ini.read_string(docs["ConfigMap"]["data"]["basic_auth.ini"])
-    ini["mlflow"]["database_uri"] = f"sqlite:///{tmp_path / 'basic_auth.db'}"     # the pod's volume, here tmp
-    with open(tmp_path / "basic_auth.ini", "w") as f:
-        ini.write(f)
-    secret = {"username": "bidpm", "password": "pw-" + os.urandom(8).hex(), "flask-secret-key": os.urandom(16).hex()}
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
-           "PYTHONPATH": os.pathsep.join([str(Path(flask_wtf.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    for e in c["env"]:
-        if "valueFrom" in e and e["name"] != "MLFLOW_BACKEND_STORE_URI":
-            env[e["name"]] = secret[e["valueFrom"]["secretKeyRef"]["key"]]
-    args, skip = [], {"--host", "--port", "--workers"}          # loopback, a free port, one worker: MlflowServer's
-    for i, a in enumerate(c["args"]):
-        if a not in skip and (i == 0 or c["args"][i - 1] not in skip):
-            args.append(a)
-    with MlflowServer(tmp_path, *args, env=env) as server:      # its store and artifacts under tmp_path
+    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs Flask-WTF (mlflow[auth])")
+    server, secret = manifest_server(tmp_path)                  # its store and artifacts under tmp_path
+    with server:
         yield server.uri, secret
 
 

@@ -138,6 +138,15 @@ def test_a_study_with_four_fractions_reports_the_fit_the_holdout_and_the_subject
     fwd = next(r for r in rows if r["direction"] == "fwd")
     assert float(fwd["ssim_inf_low"]) <= 1 - TRUE.E <= float(fwd["ssim_inf_high"])
     assert fwd["holdout_inside"] == "True" and float(fwd["holdout_size"]) == 64
+    # the figure's points, one panel per metric: each seed's value at each size, against the cells (numpy)
+    pts = list(csv.DictReader((tmp_path / "report" / "scaling_points.csv").read_text().splitlines()))
+    assert {p["metric"] for p in pts} == {"ssim", "psnr", "mae"} and len(pts) == 2 * 3 * len(fractions) * 2
+    for p in pts:
+        cell = next(c for c in cells if c["cell"]["fraction"] == float(p["fraction"]) and c["cell"]["seed"] == int(p["seed"]))
+        v = cell["grids"][0]["values"][p["direction"]][p["metric"]]
+        want = (np.mean([np.mean(v[j * 3:(j + 1) * 3]) for j in range(8)]) if p["metric"] == "ssim" else np.mean(v))
+        assert float(p["value"]) == pytest.approx(want, abs=1e-9), p
+        assert float(p["train_subjects"]) == math.ceil(float(p["fraction"]) * n_train)
     need = TRUE.needed(0.2)
     assert float(fwd["needed SSIM>=0.8_low"]) <= need <= float(fwd["needed SSIM>=0.8_high"])
     md = (tmp_path / "report" / "report.md").read_text()

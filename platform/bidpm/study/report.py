@@ -45,7 +45,8 @@ def write_report(cfg: Config, folder: str, cells: list[dict[str, Any]], client: 
     scaling = scaling_section(cells, cfg, n_train) if n_train else None
     if scaling is not None:
         sections.append(f"## Data scaling\n\n{scaling['md']}\n\n![scaling](scaling.png)")
-        files.update({"scaling.png": scaling["files"]["scaling.png"], "scaling.csv": T.to_csv(scaling["files"]["scaling.csv"])})
+        files.update({"scaling.png": scaling["files"]["scaling.png"], "scaling.csv": T.to_csv(scaling["files"]["scaling.csv"]),
+                      "scaling_points.csv": T.to_csv(scaling["files"]["scaling_points.csv"])})
         printed.append(scaling["printed"])
     cost, cost_rows = T.cost_table(cells, cfg)
     per_cell, cell_cost_rows = T.cell_costs(cells)

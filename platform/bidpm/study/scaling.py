@@ -17,7 +17,8 @@ import numpy as np
 from ..data.pairing import share_count
 from ..plots import png_bytes, pyplot
 from ..scaling.fit import ScalingFit, bootstrap_fit, holdout_check
-from .tables import DIRS, cells_at, grid_of, representative
+from ..evaluation import METRICS
+from .tables import DIRS, LOWER_BETTER, cells_at, grid_of, representative
 
 __all__ = ["scaling_section"]
 
@@ -69,8 +70,9 @@ def scaling_section(cells: list[dict], cfg: Any, n_train: int) -> Optional[dict[
     if not rows:
         return None
     md = _markdown(rows, ratio, st.scaling_resamples) + "".join(f"\n\n{line}" for line in skipped)
-    png = _figure(curves, sizes, ratio)
-    return {"md": md, "files": {"scaling.png": png, "scaling.csv": rows}, "printed": f"\nData scaling\n{md}"}
+    points = _points(curves, sizes, ratio, cells, fractions)
+    files = {"scaling.png": _figure(curves, sizes, ratio, points), "scaling.csv": rows, "scaling_points.csv": points}
+    return {"md": md, "files": files, "printed": f"\nData scaling\n{md}"}
 
 
 def _row(label: str, d: str, fit: ScalingFit, held: Any, targets: dict[str, float]) -> dict[str, Any]:
@@ -113,20 +115,44 @@ def _markdown(rows: list[dict], ratio: float, resamples: int) -> str:
             "The held-out column fits all sizes but the largest and predicts it.\n\n" + "\n".join(lines))
 
 
-def _figure(curves: list[tuple], sizes: list[float], ratio: float) -> bytes:
+def _points(curves: list[tuple], sizes: list[float], ratio: float, cells: list[dict], fractions: list[float]) -> list[dict]:
+    """Every plotted point: per method, direction, metric (``evaluation.METRICS``) and size, each seed's test
+    mean (SSIM: the fitted data, the mean over test subjects of each subject's slice mean; the others: the
+    cell's test mean over slices, on the grid the SSIM fit uses)."""
+    rows = []
+    for label, d, values, _ in curves:
+        for m in ["ssim", *[m for m in METRICS if m != "ssim"]]:
+            for x, f, v in zip(sizes, fractions, values):
+                group = sorted(cells_at(cells, label, ratio, f), key=lambda c: c["cell"]["seed"])
+                grid = representative(cells, label, ratio, "ssim", f)
+                per_seed = 1.0 - v.mean(axis=1) if m == "ssim" else [grid_of(c, grid)["summary"][f"test/{d}_{m}_mean"] for c in group]
+                rows += [{"method": label, "direction": d, "metric": m, "train_subjects": x, "fraction": f,
+                          "seed": c["cell"]["seed"], "value": float(q)} for c, q in zip(group, per_seed)]
+    return rows
+
+
+def _figure(curves: list[tuple], sizes: list[float], ratio: float, points: list[dict]) -> bytes:
+    """One row of panels per metric, one column per direction: per-seed points, the mean over seeds, and on
+    the SSIM row the fitted curve (the fit is on 1 - SSIM only)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    metrics = list(dict.fromkeys(p["metric"] for p in points))
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(10, 3.4 * len(metrics)), sharex=True, squeeze=False)
     grid = np.geomspace(min(sizes), 10 * max(sizes), 100)
-    for ax, d in zip(axes, DIRS):
-        for k, (label, dd, values, fit) in enumerate(c for c in curves if c[1] == d):
-            color = f"C{k}"
-            for x, v in zip(sizes, values):
-                ax.scatter([x] * v.shape[0], 1.0 - v.mean(axis=1), color=color, s=12, alpha=0.5)   # one point per seed
-            ax.plot(sizes, [1.0 - v.mean() for v in values], "o", color=color, label=f"{label} (mean over seeds)")
-            ax.plot(grid, 1.0 - fit.law.err(grid), "--", color=color, label=f"{label} fit")
-        ax.set(xscale="log", xlabel="training subjects", title=f"{d}: test SSIM vs training subjects ({100 * ratio:g}% paired)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test SSIM")
-    axes[0].legend(fontsize=7)
+    for row, m in zip(axes, metrics):
+        for ax, d in zip(row, DIRS):
+            for k, (label, _, _, fit) in enumerate(c for c in curves if c[1] == d):
+                color = f"C{k}"
+                pts = [p for p in points if (p["method"], p["direction"], p["metric"]) == (label, d, m)]
+                ax.scatter([p["train_subjects"] for p in pts], [p["value"] for p in pts], color=color, s=12, alpha=0.5)
+                means = [np.mean([p["value"] for p in pts if p["train_subjects"] == x]) for x in sizes]
+                ax.plot(sizes, means, "o" if m == "ssim" else "o-", color=color, label=f"{label} (mean over seeds)")
+                if m == "ssim":
+                    ax.plot(grid, 1.0 - fit.law.err(grid), "--", color=color, label=f"{label} fit")
+            ax.set(xscale="log", ylabel=f"test {m.upper()}" + (" (lower is better)" if m in LOWER_BETTER else ""),
+                   title=f"{d}: test {m.upper()} vs training subjects ({100 * ratio:g}% paired)")
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("training subjects")
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return png_bytes(fig)

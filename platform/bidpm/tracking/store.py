@@ -51,10 +51,13 @@ def bound_retries(cfg: Config) -> None:
 def unavailable(cfg: Config, exc: BaseException, doing: str) -> TrackingUnavailable:
     """The error to raise when a tracking call failed mid-job: what failed, where, and what is kept."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    # `mlflow server` answers 503 while its backend store (PostgreSQL, ...) is down: the server is up
+    what = "start its database (the server answers 503: its backend store is unreachable)" if "503" in first else \
+        "start the server again"
     return TrackingUnavailable(
         f"the MLflow tracking server {cfg.mlflow_uri} stopped answering while {doing} ({first}); the study was stopped "
         f"at once so no record is lost (finished trials and checkpoints are kept, the MLflow runs are resumed by the "
-        f"rerun); start the server again (or fix tracking.tracking_uri)")
+        f"rerun); {what} (or fix tracking.tracking_uri)")
 
 
 def outage_in(exc: BaseException) -> Optional["TrackingUnavailable"]:
