@@ -8,6 +8,7 @@ trains nothing."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -114,6 +115,24 @@ def test_study_is_killed_resumes_without_retraining_and_reports(tmp_path, sessio
     assert {r.data.params["data.pairing_ratio"] for r in trials} == {"1.0", "0.5"}
     assert "report" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     _check_cost(study, md, {k[:-5] for k in before}, trials)
+
+    # the weights each cell was scored with: recorded in the tracking database (a hashlib reference)
+    for c in cells:
+        want = hashlib.sha256((Path(c["checkpoint"]) / "state.pt").read_bytes()).hexdigest()
+        run = next(r for r in trials if r.info.run_name == f"cell_{c['cell']['id']}")
+        assert c["checkpoint_sha256"] == want and run.data.tags["bidpm.checkpoint_sha256"] == want, c["cell"]["id"]
+    # a cell's scores lost and its checkpoint changed on the shared volume: not scored with other weights
+    victim = next(c for c in cells if c["cell"]["method"] == "rf")
+    vid = victim["cell"]["id"]
+    (study / "cells" / f"{vid}.json").write_text('{"grids": [')                # damaged: scored again ...
+    with open(Path(victim["checkpoint"]) / "state.pt", "ab") as f:             # ... from weights written since
+        f.write(b"\0")
+    assert main(_args(out)) == 1                                                # that cell stays unscored
+    fourth = capsys.readouterr()
+    text = fourth.out + fourth.err
+    assert f"cell {vid}: its scores" in text and "kept aside" in text
+    assert f"cell {vid}: checkpoint" in text and "not the" in text and "recorded in the tracking database" in text
+    assert not (study / "cells" / f"{vid}.json").exists() and len(list((study / "cells").glob("*.json"))) == 3
 
 
 def _check_cost(study: Path, md: str, before_kill: set[str], trials: list) -> None:

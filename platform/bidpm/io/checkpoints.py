@@ -56,3 +56,15 @@ def local_checkpoint(location: str) -> Iterator[Path]:
         dest = Path(tmp) / Path(path.rstrip("/")).name
         storage.download_dir(location, str(dest))        # creates dest (copy_files alone fails on S3 markers)
         yield dest
+
+
+def state_sha256(checkpoint_dir: str) -> str:
+    """sha256 of a checkpoint folder's ``state.pt``: which weights it holds (recorded in the tracking
+    database for registered models and study cells, checked on every later load)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(Path(checkpoint_dir) / "state.pt", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -33,5 +33,18 @@ class CellProgress(Callback):
               f"{self._count(trials, trial)}", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"FAILED   {trial.config['cell']} (see {trial.local_path}/error.txt)   {self._count(trials, trial, 'ERROR')}",
-              flush=True)
+        print(f"FAILED   {trial.config['cell']}: {_last_error(trial)} (see {trial.local_path}/error.txt)   "
+              f"{self._count(trials, trial, 'ERROR')}", flush=True)
+
+
+def _last_error(trial: Any) -> str:
+    """The exception line that ends the trial's error.txt (what failed, in one line), or '?'."""
+    import os
+
+    try:
+        with open(os.path.join(str(trial.local_path), "error.txt"), errors="replace") as f:
+            lines = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
+    except OSError:
+        return "?"
+    last = next((ln for ln in reversed(lines) if ": " in ln and not ln.startswith(("File ", "^", "ray::"))), lines[-1] if lines else "?")
+    return last[:500]

@@ -65,7 +65,8 @@ def write_report(cfg: Config, folder: str, cells: list[dict[str, Any]], client: 
     files.update({"report.md": md.encode(), "significance.csv": T.to_csv(sig), "cost.csv": T.to_csv(cost_rows),
                   "cost_cells.csv": T.to_csv(cell_cost_rows),
                   "cells.csv": T.to_csv(flat),
-                  "cells.json": json.dumps([c["cell"] | {"checkpoint": c["checkpoint"]} for c in cells], indent=1).encode()})
+                  "cells.json": json.dumps([c["cell"] | {"checkpoint": c["checkpoint"], "checkpoint_sha256": c.get("checkpoint_sha256")}
+                                            for c in cells], indent=1).encode()})
     out = storage.join(folder, "report")
     paths = {}
     for name, data in files.items():

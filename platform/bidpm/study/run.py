@@ -19,6 +19,7 @@ import ray
 from ray import tune
 from ray.tune import RunConfig, TuneConfig, Tuner
 
+from .. import tracking
 from ..config import Config
 from ..io.lease import folder_lease
 from ..tune.experiment import ExperimentRuns, check_finished, preflight
@@ -87,7 +88,11 @@ def run_study(cfg: Config) -> StudyResult:
             runs.open(kind="study-grid")
             callbacks: list[Any] = [runs.callback(CellCallback, cfg.to_dict())] if runs.parent else []
             callbacks.append(CellProgress(len(cells)))
-            trainable = tune.with_resources(tune.with_parameters(_cell_trial, base_cfg=cfg.to_dict()), {"cpu": cfg.tune.trial_cpus})
+            # the weights each cell was scored with, from the tracking database (not the shared folder)
+            digests = {name.removeprefix("cell_"): sha for name, sha in tracking.child_tags(
+                runs.client, runs.experiment_id, runs.parent, tracking.TAG_WEIGHTS).items()} if runs.parent else {}
+            trainable = tune.with_resources(tune.with_parameters(_cell_trial, base_cfg=cfg.to_dict(), digests=digests),
+                                            {"cpu": cfg.tune.trial_cpus})
             limit = concurrency(cfg, ray.cluster_resources(), cfg.study.max_concurrent_trials)
             st = cfg.study
             print(f"study {st.name!r}: {len(cells)} cells ({len(st.methods)} methods x {len(st.pairing_ratios)} ratios "

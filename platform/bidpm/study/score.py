@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Optional
 
 from ..config import Config, config_from_dict
 from ..io import storage
 from .cells import Cell, cell_config, cell_file, cell_grids, cells_by_id, fid_wanted, read_cell, study_dir
 
-__all__ = ["final_metrics", "score_cell"]
+__all__ = ["CheckpointMismatch", "final_metrics", "score_cell"]
 
 
-def _cell_trial(config: dict[str, Any], base_cfg: dict[str, Any]) -> None:
+def _cell_trial(config: dict[str, Any], base_cfg: dict[str, Any], digests: Optional[dict[str, str]] = None) -> None:
     """One cell: train, score, write ``cells/<id>.json``, report. Its name is Tune's trainable name, which
-    a restored study checks: it stays ``_cell_trial``."""
+    a restored study checks: it stays ``_cell_trial``. ``digests``: cell id -> the sha256 of the weights
+    the cell was scored with before, as the tracking database recorded it (``tracking.TAG_WEIGHTS`` on
+    the cell's run): scoring a cell again (its score file lost or damaged) checks its checkpoint against it."""
     import ray
     from ray import tune
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -48,7 +50,7 @@ def _cell_trial(config: dict[str, Any], base_cfg: dict[str, Any]) -> None:
     # the scoring task asks for one Train worker's resources OUTSIDE the trial's own small reservation
     score = ray.remote(score_cell).options(**task_options(ccfg),
                                            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
-    scores = ray.get(score.remote(ck, ccfg.to_dict(), cell.as_dict(), fid_wanted(cfg)))
+    scores = ray.get(score.remote(ck, ccfg.to_dict(), cell.as_dict(), fid_wanted(cfg), (digests or {}).get(cell.id)))
     m = result.metrics or {}
     scores.update(cell=cell.as_dict(), checkpoint=ck,
                   cost={"train_wall_s": wall, "images_per_s": m.get("train/images_per_s"),
@@ -58,22 +60,31 @@ def _cell_trial(config: dict[str, Any], base_cfg: dict[str, Any]) -> None:
     tune.report(final_metrics(scores))
 
 
-def score_cell(checkpoint_path: str, cfg_dict: dict[str, Any], cell: dict[str, Any], fid: bool) -> dict[str, Any]:
-    """Load the cell's best checkpoint and score it on the test split at the cell's grids (a Ray task)."""
+def score_cell(checkpoint_path: str, cfg_dict: dict[str, Any], cell: dict[str, Any], fid: bool,
+               expected_sha256: Optional[str] = None) -> dict[str, Any]:
+    """Load the cell's best checkpoint and score it on the test split at the cell's grids (a Ray task).
+    The scores name the weights' sha256; with ``expected_sha256`` (what the tracking database recorded
+    when the cell was first scored) other weights are refused before they are loaded."""
     from ..evaluation import evaluate_split
-    from ..io.checkpoints import local_checkpoint
+    from ..io.checkpoints import local_checkpoint, state_sha256
     from ..trained import TrainedModel, pick_device
 
     cfg = config_from_dict(cfg_dict, origin="study cell")
     c = Cell(**cell)
     with local_checkpoint(checkpoint_path) as folder:
+        sha = state_sha256(str(folder))
+        if expected_sha256 and sha != expected_sha256:
+            raise CheckpointMismatch(
+                f"cell {c.id}: checkpoint {checkpoint_path} holds weights with sha256 {sha[:16]}..., not the "
+                f"{expected_sha256[:16]}... its first scoring recorded in the tracking database: it changed since; "
+                f"not scored. Restore the original, or delete the cell's Train run folder to retrain it")
         model = TrainedModel.from_checkpoint(folder, pick_device(cfg.evaluation.device)).accelerate(cfg)
     ev = evaluate_split(model, cfg, "test", cell_grids(cfg, c))       # cfg: the cell's own (carries study:)
     out = {"grids": [{"label": g.spec.label, "steps": g.spec.steps, "grid": list(g.spec.grid),
                       "training_grid": g.spec.training_grid, "summary": g.summary("test"),
                       "values": {d: {m: v.tolist() for m, v in per.items()} for d, per in g.values.items()}}
                      for g in ev.grids],
-           "ids": [list(i) for i in ev.ids], "scale": ev.scale,
+           "ids": [list(i) for i in ev.ids], "scale": ev.scale, "checkpoint_sha256": sha,
            "params": sum(p.numel() for p in model.net.parameters())}
     core = getattr(model.net, "generator_parameters", None)
     if core is not None:
@@ -104,4 +115,10 @@ def final_metrics(scores: dict[str, Any]) -> dict[str, Any]:
     out = dict(main["summary"])
     out.update({f"cost/{k}": v for k, v in scores["cost"].items() if v is not None})
     out.update({"cell_done": 1, "cost/params": scores["params"]})
+    if scores.get("checkpoint_sha256"):          # a string: the trial callback tags the cell's run with it
+        out["checkpoint_sha256"] = scores["checkpoint_sha256"]
     return out
+
+
+class CheckpointMismatch(RuntimeError):
+    """A cell's checkpoint is not the one it was scored with (the shared storage was written since)."""

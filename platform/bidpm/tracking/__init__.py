@@ -18,7 +18,8 @@ with warnings.catch_warnings(record=True):
 from .promotion import Promotion, decision_tags, promote, score_model
 from .registry import CHALLENGER, CHAMPION, alias_version, check_registry, register
 from .runs import (
-    TAG_PARENT, TAG_ROLE, TAG_SCALE, TAG_STUDY, TAG_TRIAL, end_open_children, end_study_runs, find_run, log_json,
+    TAG_PARENT, TAG_ROLE, TAG_SCALE, TAG_STUDY, TAG_TRIAL, TAG_WEIGHTS, child_tags, end_open_children, end_study_runs,
+    find_run, log_json,
     log_metrics, log_params, set_tags, study_run, trial_run,
 )
 from .store import (TrackingError, TrackingUnavailable, artifact_root, connect, is_outage, outage_in, unavailable,
@@ -26,8 +27,8 @@ from .store import (TrackingError, TrackingUnavailable, artifact_root, connect, 
 
 __all__ = [
     "BidpmPyfunc", "CHALLENGER", "CHAMPION", "MODEL_FORMAT", "Promotion", "REPO_DIR", "TAG_PARENT", "TAG_ROLE",
-    "TAG_SCALE", "TAG_STUDY", "TAG_TRIAL", "TrackingError", "TrackingUnavailable", "alias_version", "artifact_root",
-    "check_registry", "config_params", "connect", "decision_tags", "end_open_children", "end_study_runs", "find_run",
+    "TAG_SCALE", "TAG_STUDY", "TAG_TRIAL", "TAG_WEIGHTS", "TrackingError", "TrackingUnavailable", "alias_version", "artifact_root",
+    "check_registry", "child_tags", "config_params", "connect", "decision_tags", "end_open_children", "end_study_runs", "find_run",
     "is_outage", "outage_in", "unavailable", "git_commit", "input_shape", "load_model", "log_dataset", "log_json",
     "log_metrics", "log_model", "log_params", "model_signature", "promote", "ray_job_id", "register", "score_model",
     "set_tags", "study_run", "trial_run", "use_store", "where",

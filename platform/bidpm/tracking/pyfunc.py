@@ -65,13 +65,9 @@ def input_shape(cfg: Config) -> str:
 
 def checkpoint_sha256(checkpoint_dir: str) -> str:
     """sha256 of the checkpoint's ``state.pt``: which weights a logged model holds."""
-    import hashlib
+    from ..io.checkpoints import state_sha256
 
-    h = hashlib.sha256()
-    with open(Path(checkpoint_dir) / "state.pt", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return state_sha256(checkpoint_dir)
 
 
 def log_model(cfg: Config, run_id: str, checkpoint_dir: str) -> str:

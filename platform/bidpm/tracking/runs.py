@@ -22,6 +22,7 @@ from .provenance import config_params
 TAG_STUDY, TAG_ROLE, TAG_TRIAL = "bidpm.study", "bidpm.role", "bidpm.trial_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_SCALE = "bidpm.metric_scale"
+TAG_WEIGHTS = "bidpm.checkpoint_sha256"   # the sha256 of the weights a run scored or a model holds
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
@@ -114,6 +115,13 @@ def end_open_children(client: MlflowClient, experiment_id: str, parent_run_id: s
         client.set_terminated(r.info.run_id, status=st)
         ended.append(r.info.run_id)
     return ended
+
+
+def child_tags(client: MlflowClient, experiment_id: str, parent_run_id: str, key: str) -> dict[str, str]:
+    """{run name: value of tag ``key``} of the child runs of ``parent_run_id`` that carry it."""
+    filt = f"tags.`{TAG_PARENT}` = '{parent_run_id}'"
+    return {r.info.run_name: r.data.tags[key] for r in client.search_runs([experiment_id], filter_string=filt, max_results=5000)
+            if key in r.data.tags and r.info.run_name}
 
 
 def end_study_runs(client: MlflowClient, parent_run_id: str, status: str) -> None:

@@ -141,10 +141,14 @@ class MLflowTrialCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self._run_id(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        ops: list[dict[str, Any]] = []
         if step not in self._logged.get(trial.trial_id, ()):
-            self._submit([{"op": "metrics", "run": run_id, "step": step,
-                           "metrics": _numeric({k: v for k, v in result.items() if "/" in k or k == "epoch"})}],
-                         f"logging the metrics of trial {trial.trial_id}")
+            ops.append({"op": "metrics", "run": run_id, "step": step,
+                        "metrics": _numeric({k: v for k, v in result.items() if "/" in k or k == "epoch"})})
+        if isinstance(result.get("checkpoint_sha256"), str):         # the weights a study cell was scored with
+            ops.append({"op": "tag", "run": run_id, "key": tracking.TAG_WEIGHTS, "value": result["checkpoint_sha256"]})
+        if ops:
+            self._submit(ops, f"logging the metrics of trial {trial.trial_id}")
         objective = Objective.of_tune(self.cfg)
         old = self.best.get(trial.trial_id)
         value = result.get(objective.metric)
