@@ -36,8 +36,9 @@ def grid_rows(ev: Evaluation) -> list[dict[str, Any]]:
 
 def format_grid_table(ev: Evaluation) -> str:
     """Grid x (direction, metric) table of mean±std over images."""
-    head = ["grid", "N"] + [f"{d} {m.upper()}" for d in DIRS for m in METRICS]
-    body = [[r["label"], str(r["steps"])] + [_cell(r[f"{d}_{m}_mean"], r[f"{d}_{m}_std"], m) for d in DIRS for m in METRICS]
+    ms = ev.main.metrics                                     # + MS-SSIM on images of 176 px and more
+    head = ["grid", "N"] + [f"{d} {m.upper().replace('_', '-')}" for d in DIRS for m in ms]
+    body = [[r["label"], str(r["steps"])] + [_cell(r[f"{d}_{m}_mean"], r[f"{d}_{m}_std"], m) for d in DIRS for m in ms]
             for r in grid_rows(ev)]
     return fixed_width(head, body) + f"\n{scale_note(ev.scale)}; mean±std over {int(ev.main.summary(ev.split)[f'{ev.split}/images'])} slices"
 

@@ -57,11 +57,11 @@ class Config(Section):
         for field, name, split in (("tune.metric", self.tune.metric, "val"),
                                    ("train.checkpoint_score", self.train.checkpoint_score, "val"),
                                    ("tracking.promote_metric", self.tracking.promote_metric, "test")):
-            problem = metric_problem(name, split)
+            problem = metric_problem(name, split, tuple(self.data.image_size))
             if problem:
                 raise ValueError(f"{field}: {problem}")
         for i, obj in enumerate(self.tune.objectives):
-            problem = None if obj.metric == NFE_KEY else metric_problem(obj.metric, "val")
+            problem = None if obj.metric == NFE_KEY else metric_problem(obj.metric, "val", tuple(self.data.image_size))
             if problem:
                 raise ValueError(f"tune.objectives[{i}].metric: {problem} (or {NFE_KEY!r}: the trial's Euler steps)")
         if self.model.kind in ("unet", "cyclegan"):

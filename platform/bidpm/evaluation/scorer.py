@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..method.solver import DIRECTIONS, Direction
 from ..metrics.image import image_metrics
+from ..metrics.ms_ssim import MS_SSIM_MIN_SIZE, ms_ssim
 from ..model import runtime
 from .scale import SCALES, to_scale
 from .scores import METRICS, SHORT, Evaluation, GridScores, GridSpec
@@ -99,8 +100,11 @@ def evaluate(
             for d, fake in fakes.items():
                 pred, rng = to_scale(fake, scale)
                 ref, _ = to_scale(tgt if d == "forward" else src, scale)
-                for m, v in image_metrics(pred, ref, data_range=rng, mask=mask).items():
-                    acc[spec][SHORT[d]][m].append(v.double().cpu().numpy())
+                values = image_metrics(pred, ref, data_range=rng, mask=mask)
+                if min(pred.shape[-2:]) >= MS_SSIM_MIN_SIZE:              # config.metrics.SIZED_METRICS
+                    values["ms_ssim"] = ms_ssim(pred, ref, data_range=rng, mask=mask)
+                for m, v in values.items():
+                    acc[spec][SHORT[d]].setdefault(m, []).append(v.double().cpu().numpy())
                 scaled[SHORT[d]] = (pred[:, 0].cpu().numpy(), ref[:, 0].cpu().numpy())
             if volumes is not None and spec == main:
                 volumes.add(batch_ids, scaled, mask[:, 0].cpu().numpy())

@@ -46,16 +46,22 @@ class GridScores:
     spec: GridSpec
     values: dict[str, dict[str, np.ndarray]]
 
+    @property
+    def metrics(self) -> list[str]:
+        """``METRICS`` and the size-bound ones (``SIZED_METRICS``) these images were large enough for."""
+        return [*METRICS, *(m for m in self.values["fwd"] if m not in METRICS)]
+
     def summary(self, prefix: str) -> dict[str, float]:
         """The key schema of the module docstring, NaN images skipped, population std."""
         out: dict[str, float] = {}
+        metrics = self.metrics
         for d in SHORT.values():
-            for m in METRICS:
+            for m in metrics:
                 v = self.values[d][m]
                 v = v[~np.isnan(v)]
                 out[f"{prefix}/{d}_{m}_mean"] = float(v.mean()) if v.size else float("nan")
                 out[f"{prefix}/{d}_{m}_std"] = float(v.std()) if v.size else float("nan")
-        for m in METRICS:
+        for m in metrics:
             out[f"{prefix}/{m}_mean"] = 0.5 * (out[f"{prefix}/fwd_{m}_mean"] + out[f"{prefix}/bwd_{m}_mean"])
         out[f"{prefix}/images"] = float(len(self.values["fwd"]["ssim"]))
         return out
