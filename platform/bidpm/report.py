@@ -43,6 +43,24 @@ def format_grid_table(ev: Evaluation) -> str:
     return fixed_width(head, body) + f"\n{scale_note(ev.scale)}; mean±std over {int(ev.main.summary(ev.split)[f'{ev.split}/images'])} slices"
 
 
+def format_original_table(orig: Any) -> str:
+    """The original volumes' metrics per direction (``evaluation.original``), mean±std over subjects."""
+    from .evaluation.original import ORIGINAL_CONVENTION
+
+    s = orig.summary()
+    keys = [k for k in ("hu_mae", "hu_psnr", "hu_ssim", "hu25_mae", "hu25_psnr", "hu25_ms_ssim", "vol_ssim", "vol_psnr",
+                        "vol_mae", "sag_ssim", "cor_ssim", "tp_grad_mae")
+            if any(f"{orig.split}/{d}_orig_{k}_mean" in s for d in DIRS)]
+    names = {"hu": "SR2023 ", "hu25": "SR2025 ", "vol": "3-D "}
+    head = ["direction"] + [names.get(k.split("_", 1)[0], "") + (k.split("_", 1)[1] if k.split("_", 1)[0] in names else k).upper()
+                            for k in keys]
+    body = [[d] + [_cell(s.get(f"{orig.split}/{d}_orig_{k}_mean"), s.get(f"{orig.split}/{d}_orig_{k}_std"), k) for k in keys]
+            for d in DIRS]
+    lines = [fixed_width(head, body), f"{len(orig.subjects)} original volumes, mean±std over subjects; {ORIGINAL_CONVENTION}"]
+    lines += [f"  not scored: {name}: {why}" for name, why in orig.skipped.items()]
+    return "\n".join(lines)
+
+
 def format_volume_table(ev: Evaluation) -> str:
     """Per-volume 3-D metrics (paper Table 5) and, where a direction produces CT, SynthRAD's HU metrics."""
     if not ev.volumes:

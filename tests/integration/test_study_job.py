@@ -8,6 +8,7 @@ trains nothing."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from procs import wait_placement_groups_removed  # tests/procs.py
@@ -28,11 +30,11 @@ from tiny import TINY_MODEL_OVERRIDES  # tests/tiny.py
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "study_phantom_cpu.yaml"
 OVERRIDES = [
-    "data.image_size=[16,16]", "data.num_slices=4", "data.phantom.num_subjects=8", "data.phantom.shape=[24,24,10]",
+    "data.image_size=[16,16]", "data.num_slices=8", "data.phantom.num_subjects=8", "data.phantom.shape=[24,24,10]",
     "data.split.val_fraction=0.125", "data.split.test_fraction=0.25", *TINY_MODEL_OVERRIDES, "tune.autoscaling=false",
     "train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=4", "train.val_batches=1",
     "study.name=tiny", "study.pairing_ratios=[1.0,0.5]", "study.seeds=[0]", "study.baseline_nfe=[1,2]",
-    "study.bootstrap_samples=200",
+    "study.bootstrap_samples=200", "study.volume_metrics=true",
     "study.methods=[{label: Bi-DPM N=1, name: bidpm, time_grid: [0.0, 1.0]}, {label: RF, name: rf}]",
 ]
 
@@ -94,6 +96,24 @@ def test_study_is_killed_resumes_without_retraining_and_reports(tmp_path, sessio
     assert "Table 1 (100% paired)" in second and "Table 2 (50% paired" in second
     cells = [json.loads(v[1]) for v in after.values()]
     assert {c["cell"]["ratio"] for c in cells} == {1.0, 0.5}
+    # study.volume_metrics: each test subject's 8 slices as a volume, in the cell record and the Volumes table
+    assert "## Volumes: 3-D and inter-slice consistency (100% paired)" in md and "SAG_SSIM" in md
+    vrows = list(csv.DictReader((report / "volumes.csv").read_text().splitlines()))
+    for c in cells:
+        vol = c["volumes"]
+        assert len(vol["subjects"]) == len({s for s, _ in c["ids"]})
+        for d in ("fwd", "bwd"):
+            for m in ("ssim", "sag_ssim", "cor_ssim", "tp_grad_mae"):
+                v = np.asarray(vol["values"][d][m])
+                assert np.isfinite(v).all() and vol["summary"][f"test/{d}_vol_{m}_mean"] == pytest.approx(v.mean())
+        orig = c["original"]                                   # each test subject's own files (24 x 24 x 10)
+        assert "error" not in orig and orig["subjects"] == sorted({s for s, _ in c["ids"]}) and not orig["skipped"]
+        assert np.isfinite(orig["values"]["fwd"]["vol_ssim"]).all() and np.isfinite(orig["values"]["bwd"]["sag_ssim"]).all()
+    assert "## Original volumes (100% paired)" in md and (report / "original_volumes.csv").stat().st_size > 0
+    full = [c for c in cells if c["cell"]["ratio"] == 1.0]
+    for r in vrows:
+        (c,) = [c for c in full if c["cell"]["label"] == r["method"]]
+        assert float(r["bwd_vol_cor_ssim"]) == pytest.approx(c["volumes"]["summary"]["test/bwd_vol_cor_ssim_mean"])
     rf = next(c for c in cells if c["cell"]["method"] == "rf")
     assert [g["steps"] for g in rf["grids"]] == [1, 2] and len(rf["ids"]) == len(rf["grids"][0]["values"]["fwd"]["ssim"])
 

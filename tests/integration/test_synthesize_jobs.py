@@ -144,9 +144,18 @@ def test_synthesize_refuses_wrong_inputs(trained):
 def test_evaluate_table_json_plot(trained):
     out, ck = trained["out"], trained["checkpoint"]
     js, png = out / "eval" / "eval.json", out / "eval" / "eval.png"
-    res = run_job("evaluate", "--checkpoint", ck, "--steps", "1,2,5", "--json", js, "--plot", png, "--device", "cpu")
+    res = run_job("evaluate", "--checkpoint", ck, "--steps", "1,2,5", "--json", js, "--plot", png, "--device", "cpu",
+                  "--volumes")
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(js.read_text())
+    # --volumes: the test subject's original files (24 x 24 x 10, the model at 16 px) synthesised at their geometry
+    orig = result["original_volumes"]
+    assert len(orig["subjects"]) == 1 and not orig["skipped"]
+    for d in ("fwd", "bwd"):                                   # t1 <-> t2: no CT, so no HU metrics
+        assert set(orig["values"][d]) == {"vol_ssim", "vol_psnr", "vol_mae", "sag_ssim", "cor_ssim", "tp_grad_mae"}
+        assert all(np.isfinite(v[0]) for v in orig["values"][d].values())
+        assert -1 <= orig["summary"][f"test/{d}_orig_vol_ssim_mean"] <= 1
+    assert "1 original volumes" in res.stdout and "3-D SSIM" in res.stdout and "SAG_SSIM" in res.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = result["rows"]
     # N = 1, 2, 5; the training grid [0, 0.5, 1] is uniform N = 2, so it is marked there, not repeated

@@ -72,6 +72,10 @@ class StudyConfig(Section):
     ssim_targets: list[float] = Field(default_factory=lambda: [0.8, 0.9],
                                       description="the report's 'subjects needed for SSIM >= s' (from the scaling fit)")
     max_concurrent_trials: Optional[int] = Field(None, ge=1)
+    volume_metrics: bool = Field(False, description="also score each test subject's slices stacked as a volume at the "
+                                 "training grid: 3-D SSIM/PSNR/MAE, inter-slice consistency (sagittal/coronal SSIM, "
+                                 "through-plane gradient error), SynthRAD HU metrics where a direction makes CT; a "
+                                 "Volumes table per fraction")
     retry_failed: bool = Field(True, description="retry cells that failed (no scores) once per run, under the concurrency limit")
     fid: Optional[bool] = Field(
         None, description="FID of the forward syntheses per cell: null = when the Inception weights are in TORCH_HOME's hub "

@@ -219,6 +219,12 @@ def from_ras(data_ras: np.ndarray, affine_ras: np.ndarray, axcodes: tuple[str, .
     return np.ascontiguousarray(out), affine
 
 
+def to_ras(data: np.ndarray, axcodes: tuple[str, ...]) -> np.ndarray:
+    """An array in ``axcodes`` voxel order (a file's own) -> RAS (X, Y, Z): the inverse of ``from_ras``."""
+    transform = ornt_transform(axcodes2ornt(tuple(axcodes)), axcodes2ornt(("R", "A", "S")))
+    return np.ascontiguousarray(apply_orientation(data, transform))
+
+
 def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, dtype: np.dtype | type = np.float32) -> Path:
     """Write a .nii/.nii.gz with a fresh header (no copied text fields), via a temp name + rename."""
     p = Path(path)

@@ -18,6 +18,7 @@ from ..io import storage
 from . import figures as F
 from . import tables as T
 from .scaling import scaling_section
+from .volumes import volume_table
 
 __all__ = ["write_report"]
 
@@ -97,6 +98,8 @@ def _fraction_block(cells: list[dict[str, Any]], cfg: Config, f: float, full: fl
     by_subjects = bool(n_train) and cfg.data.pairing_unit == "subject" and len(st.pairing_ratios) > 1
     png7, f7 = F.figure7(cells, cfg, full, f)
     sig = [s for r in st.pairing_ratios for s in T.significance(cells, cfg, r, f)]
+    vt, v_rows = volume_table(cells, cfg, full, f) if st.volume_metrics else ("", [])
+    ot, o_rows = volume_table(cells, cfg, full, f, "original") if st.volume_metrics else ("", [])
     sig_md = "\n".join(f"- {100 * s['ratio']:g}% paired, {s['direction']}: {s['bidpm']} - {s['baseline']} = "
                        f"{s['mean_diff']:+.4f} {s['metric'].upper()} (95% CI [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}], "
                        f"Wilcoxon p = {s['wilcoxon_p']:.3g}, {s['images']} images): "
@@ -107,6 +110,8 @@ def _fraction_block(cells: list[dict[str, Any]], cfg: Config, f: float, full: fl
         f"## Figure 5{of}\n\n![figure 5](figure5{suffix}.png)",
         f"## Quality vs paired subjects{of}\n\n![paired subjects](paired_subjects{suffix}.png)" if by_subjects else "",
         f"## Figure 7 ({100 * full:g}% paired{of})\n\n![figure 7](figure7{suffix}.png)",
+        f"## Volumes: 3-D and inter-slice consistency ({100 * full:g}% paired{of})\n\n{vt}" if vt else "",
+        f"## Original volumes ({100 * full:g}% paired{of})\n\n{ot}" if ot else "",
         f"## Is Bi-DPM's lead over the best baseline supported?{of and ' (' + of[2:] + ')'}\n\nPaired bootstrap over test "
         f"images (seed-averaged per image, {st.bootstrap_samples} resamples) and Wilcoxon signed-rank test.\n\n"
         f"{sig_md or '(no Bi-DPM and baseline pair)'}"] if x)
@@ -118,9 +123,17 @@ def _fraction_block(cells: list[dict[str, Any]], cfg: Config, f: float, full: fl
         files.update({f"paired_subjects{suffix}.png": png_s, f"paired_subjects{suffix}.csv": T.to_csv(rows_s)})
     if t2:
         files.update({f"table2{suffix}.md": t2.encode(), f"table2{suffix}.csv": T.to_csv(t2_rows)})
+    if vt:
+        files.update({f"volumes{suffix}.md": vt.encode(), f"volumes{suffix}.csv": T.to_csv(v_rows)})
+    if o_rows:
+        files.update({f"original_volumes{suffix}.md": ot.encode(), f"original_volumes{suffix}.csv": T.to_csv(o_rows)})
     printed = f"\nTable 1 ({100 * full:g}% paired{of})\n{t1}"
     if t2:
         printed += f"\n\nTable 2 ({100 * low:g}% paired; {100 * full:g}% in brackets{of})\n{t2}"
+    if vt:
+        printed += f"\n\nVolumes ({100 * full:g}% paired{of})\n{vt}"
+    if ot:
+        printed += f"\n\nOriginal volumes ({100 * full:g}% paired{of})\n{ot}"
     printed += f"\n\nBi-DPM vs the best baseline{of}\n{sig_md}"
     return {"md": md, "files": files, "printed": printed, "significance": sig}
 

@@ -79,13 +79,20 @@ def score_cell(checkpoint_path: str, cfg_dict: dict[str, Any], cell: dict[str, A
                 f"{expected_sha256[:16]}... its first scoring recorded in the tracking database: it changed since; "
                 f"not scored. Restore the original, or delete the cell's Train run folder to retrain it")
         model = TrainedModel.from_checkpoint(folder, pick_device(cfg.evaluation.device)).accelerate(cfg)
-    ev = evaluate_split(model, cfg, "test", cell_grids(cfg, c))       # cfg: the cell's own (carries study:)
+    ev = evaluate_split(model, cfg, "test", cell_grids(cfg, c),       # cfg: the cell's own (carries study:)
+                        volumes=cfg.study.volume_metrics)
     out = {"grids": [{"label": g.spec.label, "steps": g.spec.steps, "grid": list(g.spec.grid),
                       "training_grid": g.spec.training_grid, "summary": g.summary("test"),
                       "values": {d: {m: v.tolist() for m, v in per.items()} for d, per in g.values.items()}}
                      for g in ev.grids],
            "ids": [list(i) for i in ev.ids], "scale": ev.scale, "checkpoint_sha256": sha,
            "params": sum(p.numel() for p in model.net.parameters())}
+    if ev.volumes:                      # per subject, at the training grid (study.volume_metrics)
+        out["volumes"] = {"subjects": list(ev.volume_subjects),
+                          "values": {d: {m: v.tolist() for m, v in per.items()} for d, per in ev.volumes.items()},
+                          "summary": {k: v for k, v in ev.summary().items() if k not in ev.main.summary("test")}}
+    if cfg.study.volume_metrics:        # and each test subject's original files (evaluation.original)
+        out["original"] = _original(model, cfg)
     core = getattr(model.net, "generator_parameters", None)
     if core is not None:
         out["params_generators"] = core()
@@ -107,6 +114,20 @@ def _fid(model: Any, cfg: Config, grid: Any) -> float:
         fake.append(model.sample(x, "forward", list(grid)).float().cpu())
         real.append(torch.from_numpy(b.target))
     return fid(real, fake, device=str(model.device))
+
+
+def _original(model: Any, cfg: Config) -> dict[str, Any]:
+    """The original volumes' scores of a cell, or why there are none (the inputs or the salt not reachable
+    from this worker: said in the report, the cell still scored)."""
+    from ..evaluation.original import score_original_volumes
+
+    try:
+        o = score_original_volumes(model.net, cfg, "test", batch_size=cfg.evaluation.batch_size,
+                                   precision=cfg.evaluation.precision or cfg.train.precision)
+    except (ValueError, OSError) as exc:
+        return {"error": str(exc)[:500]}
+    return {"subjects": o.subjects, "summary": o.summary(), "skipped": o.skipped,
+            "values": {d: {m: v.tolist() for m, v in per.items()} for d, per in o.values.items()}}
 
 
 def final_metrics(scores: dict[str, Any]) -> dict[str, Any]:
