@@ -121,6 +121,21 @@ def _filter_valid(x: Tensor, g: Tensor) -> Tensor:
     return F.conv2d(x, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
 
 
+def _l_cs(x: Tensor, y: Tensor, data_range: float, g: Tensor) -> tuple[Tensor, Tensor]:
+    """Luminance and contrast-structure maps at valid window positions (SSIM = their product; MS-SSIM
+    uses them apart). Variances are shift invariant: each image is centred first so E[x^2] - E[x]^2 keeps
+    its float32 precision when the data range is large (e.g. CT in Hounsfield units)."""
+    xc = x - x.mean(dim=(-2, -1), keepdim=True)
+    yc = y - y.mean(dim=(-2, -1), keepdim=True)
+    mu_x, mu_y = _filter_valid(x, g), _filter_valid(y, g)
+    mxc, myc = _filter_valid(xc, g), _filter_valid(yc, g)
+    var_x = _filter_valid(xc * xc, g) - mxc * mxc
+    var_y = _filter_valid(yc * yc, g) - myc * myc
+    cov_xy = _filter_valid(xc * yc, g) - mxc * myc
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    return (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1), (2 * cov_xy + c2) / (var_x + var_y + c2)
+
+
 def ssim_map(pred: Tensor, ref: Tensor, data_range: float = 2.0) -> Tensor:
     """SSIM map at valid window positions, (B,C,H-10,W-10), float32 (Wang et al. 2004, Eq. 13)."""
     pred, ref = _as_images(pred, ref, data_range)
@@ -129,21 +144,8 @@ def ssim_map(pred: Tensor, ref: Tensor, data_range: float = 2.0) -> Tensor:
         raise ValueError(f"ssim: images are {h}x{w}; the Gaussian window needs at least "
                          f"{SSIM_WINDOW}x{SSIM_WINDOW} pixels")
     with _float32(pred.device):
-        g = _gaussian_window(pred.device)
-        # Variances are shift invariant: centre each image first so E[x^2] - E[x]^2 keeps its
-        # float32 precision when the data range is large (e.g. CT in Hounsfield units).
-        xc = pred - pred.mean(dim=(-2, -1), keepdim=True)
-        yc = ref - ref.mean(dim=(-2, -1), keepdim=True)
-        mu_x, mu_y = _filter_valid(pred, g), _filter_valid(ref, g)
-        mxc, myc = _filter_valid(xc, g), _filter_valid(yc, g)
-        var_x = _filter_valid(xc * xc, g) - mxc * mxc
-        var_y = _filter_valid(yc * yc, g) - myc * myc
-        cov_xy = _filter_valid(xc * yc, g) - mxc * myc
-        c1 = (SSIM_K1 * data_range) ** 2
-        c2 = (SSIM_K2 * data_range) ** 2
-        num = (2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)
-        den = (mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)
-        return num / den
+        lum, cs = _l_cs(pred, ref, data_range, _gaussian_window(pred.device))
+        return lum * cs
 
 
 def ssim(pred: Tensor, ref: Tensor, data_range: float = 2.0, mask: Optional[Tensor] = None) -> Tensor:

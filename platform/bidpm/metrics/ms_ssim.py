@@ -26,25 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .image import SSIM_K1, SSIM_K2, SSIM_WINDOW, _as_images, _as_mask, _filter_valid, _float32, _gaussian_window, _weighted_mean
+from .image import SSIM_WINDOW, _as_images, _as_mask, _float32, _gaussian_window, _l_cs, _weighted_mean
 
 __all__ = ["MS_SSIM_MIN_SIZE", "MS_SSIM_WEIGHTS", "ms_ssim"]
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MS_SSIM_MIN_SIZE = SSIM_WINDOW * 2 ** (len(MS_SSIM_WEIGHTS) - 1)
-
-
-def _l_cs(x: Tensor, y: Tensor, data_range: float, g: Tensor) -> tuple[Tensor, Tensor]:
-    """Luminance and contrast-structure maps at valid window positions (centred first, as ``ssim_map``)."""
-    xc = x - x.mean(dim=(-2, -1), keepdim=True)
-    yc = y - y.mean(dim=(-2, -1), keepdim=True)
-    mu_x, mu_y = _filter_valid(x, g), _filter_valid(y, g)
-    mxc, myc = _filter_valid(xc, g), _filter_valid(yc, g)
-    var_x = _filter_valid(xc * xc, g) - mxc * mxc
-    var_y = _filter_valid(yc * yc, g) - myc * myc
-    cov = _filter_valid(xc * yc, g) - mxc * myc
-    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    return (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1), (2 * cov + c2) / (var_x + var_y + c2)
 
 
 def ms_ssim(pred: Tensor, ref: Tensor, data_range: float = 2.0, mask: Optional[Tensor] = None,
