@@ -20,6 +20,8 @@ import mlflow
 import numpy as np
 
 from ..config import Config, ConfigError
+from ..io.checkpoints import state_sha256
+from .runs import TAG_WEIGHTS
 
 MODEL_FORMAT = "bidpm-pyfunc-v1"
 
@@ -63,13 +65,6 @@ def input_shape(cfg: Config) -> str:
     return f"{cfg.model.in_channels}x{h}x{w}"
 
 
-def checkpoint_sha256(checkpoint_dir: str) -> str:
-    """sha256 of the checkpoint's ``state.pt``: which weights a logged model holds."""
-    from ..io.checkpoints import state_sha256
-
-    return state_sha256(checkpoint_dir)
-
-
 def log_model(cfg: Config, run_id: str, checkpoint_dir: str) -> str:
     """Log the checkpoint as a ``BidpmPyfunc`` model in run ``run_id``; returns its model URI.
 
@@ -79,11 +74,11 @@ def log_model(cfg: Config, run_id: str, checkpoint_dir: str) -> str:
     import torch
     from mlflow import MlflowClient
 
-    sha = checkpoint_sha256(checkpoint_dir)
+    sha = state_sha256(checkpoint_dir)
     exp_id = MlflowClient().get_run(run_id).info.experiment_id
     for m in mlflow.search_logged_models(experiment_ids=[exp_id], output_format="list",
                                          filter_string=f"source_run_id = '{run_id}'"):
-        if m.tags.get("bidpm.checkpoint_sha256") == sha and str(m.status).endswith("READY"):
+        if m.tags.get(TAG_WEIGHTS) == sha and str(m.status).endswith("READY"):
             return f"models:/{m.model_id}"
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
@@ -93,7 +88,7 @@ def log_model(cfg: Config, run_id: str, checkpoint_dir: str) -> str:
             signature=model_signature(cfg),
             input_example=(np.zeros((2, cfg.model.in_channels, *cfg.data.image_size), np.float32), {"direction": "forward"}),
             pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", "bidpm"],
-            tags={"bidpm.format": MODEL_FORMAT, "bidpm.input_shape": input_shape(cfg), "bidpm.checkpoint_sha256": sha},
+            tags={"bidpm.format": MODEL_FORMAT, "bidpm.input_shape": input_shape(cfg), TAG_WEIGHTS: sha},
             metadata={"bidpm.format": MODEL_FORMAT, "bidpm.input_shape": input_shape(cfg)},
         )
     return info.model_uri
@@ -162,7 +157,7 @@ def recorded_sha256(model_uri: str) -> tuple[Optional[str], str]:
         tags = client.get_logged_model(model_id).tags if model_id else {}
     except MlflowException:
         return None, model_uri
-    return tags.get("bidpm.checkpoint_sha256"), what
+    return tags.get(TAG_WEIGHTS), what
 
 
 def _logged_model_id(mv: Any) -> Optional[str]:
@@ -182,7 +177,7 @@ def verify_weights(model_uri: str, checkpoint_dir: Path) -> None:
     if expected is None:
         raise ConfigError(f"--model-uri {model_uri}: {what} has no recorded weights digest (tag bidpm.checkpoint_sha256), "
                           f"so its state.pt cannot be verified; fix: {fix}")
-    actual = checkpoint_sha256(str(checkpoint_dir))
+    actual = state_sha256(str(checkpoint_dir))
     if actual != expected:
         raise ConfigError(f"--model-uri {model_uri}: the weights of {what} are not the registered ones (state.pt sha256 "
                           f"{actual[:16]}..., registered {expected[:16]}...); fix: {fix}")
