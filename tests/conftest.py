@@ -18,6 +18,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("RAY_AUTH_MODE", "token" if (Path.home() / ".ray" / "auth_token").exists()
                       or os.environ.get("RAY_AUTH_TOKEN") else "disabled")
 
+# No Ray usage statistics from the test session (its processes inherit this environment). With them on, Ray
+# Data's usage collector queries Prometheus (localhost:9090) from a background thread after every dataset and
+# logs each refused connection at DEBUG with its traceback; CPython 3.11.7's traceback carets call ast.parse,
+# whose AST constructor keeps one recursion counter per interpreter, not per thread (CPython gh-106905): a
+# test parsing source at that moment failed with "SystemError: AST constructor recursion depth mismatch" (CI).
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
 
 # what a job run in this process exports for MLflow (the tracking store; bounded HTTP retries, from tracking.http_*)
 MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
