@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import psutil
 
@@ -110,6 +110,23 @@ def wait_placement_groups_removed(timeout_s: float = 120.0) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"placement groups of a finished run not removed within {timeout_s:.0f} s")
+
+
+def settled(read: Callable[[], Any], quiet_s: float = 2.0, timeout_s: float = 60.0) -> Any:
+    """``read()`` once it has stopped changing for ``quiet_s``: what Ray Train's controller has registered
+    for a run whose worker was just frozen (SIGSTOP). The controller fetched the worker's last report
+    before the freeze or cannot fetch it at all; a registration it was writing at that moment lands
+    within milliseconds; read at once, it could be missed and the test would expect the resume one epoch early."""
+    last, since = read(), time.monotonic()
+    deadline = since + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = read()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return last
+    raise AssertionError(f"still changing after {timeout_s:.0f} s: {last!r}")
 
 
 @contextmanager

@@ -33,6 +33,7 @@ import pytest
 import yaml
 
 from fake_cluster import FakeCluster, NodeWatcher, raylet_of, ray_env, workers_titled  # tests/fake_cluster.py
+from procs import settled  # tests/procs.py
 from tiny import tiny_study  # tests/tiny.py
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -91,7 +92,7 @@ def _lose_node_of(cluster: FakeCluster, run_dir: Path) -> int:
     raylet = raylet_of(mine[0])
     assert raylet.pid not in {p.pid for p in cluster.processes() if "--head" in " ".join(p.cmdline())}
     node = [raylet, *raylet.children(recursive=True)]
-    registered = max(m["epoch"] for m in _snapshot(run_dir))
+    registered = settled(lambda: max(m["epoch"] for m in _snapshot(run_dir)))
     assert registered < EPOCHS, "the trial had ended before its node could be lost"
     for p in node:
         try:

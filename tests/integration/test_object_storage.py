@@ -35,7 +35,7 @@ import psutil
 import pytest
 import yaml
 
-from procs import S3_BUCKET, processes_naming, wait_placement_groups_removed  # tests/procs.py
+from procs import S3_BUCKET, processes_naming, settled, wait_placement_groups_removed  # tests/procs.py
 from tiny import tiny_study  # tests/tiny.py
 
 pytestmark = pytest.mark.integration
@@ -172,7 +172,7 @@ def test_study_on_s3_ingests_trains_is_killed_resumes_and_logs_artifacts_there(s
         # fault 1: kill -9 of the Train worker, default failure settings: Ray Train restarts it
         (worker,) = _train_workers(ray_head, run_prefix.rsplit("/", 1)[1])
         worker.send_signal(signal.SIGSTOP)         # frozen first, so the kill lands mid-trial
-        worker_killed_after = max(m["epoch"] for m in _registered(client, run_prefix))
+        worker_killed_after = settled(lambda: max(m["epoch"] for m in _registered(client, run_prefix)))
         assert worker_killed_after < EPOCHS - 1, "the trial got too far before the worker kill"
         worker.send_signal(signal.SIGKILL)
         # fault 2: the whole driver killed once the restarted worker registered a checkpoint and Tune saved
@@ -185,7 +185,7 @@ def test_study_on_s3_ingests_trains_is_killed_resumes_and_logs_artifacts_there(s
         frozen = [psutil.Process(job.pid), *_train_workers(ray_head, run_prefix.rsplit("/", 1)[1])]
         for p in frozen:
             p.send_signal(signal.SIGSTOP)          # the driver and its Train worker stand still: the kill lands mid-trial
-        killed_after = max(m["epoch"] for m in _registered(client, run_prefix))
+        killed_after = settled(lambda: max(m["epoch"] for m in _registered(client, run_prefix)))
         assert killed_after < EPOCHS, "the trial ended before the driver kill"
         os.killpg(job.pid, signal.SIGKILL)         # the driver: Ray then ends its job (the frozen worker too)
         job.wait(30)

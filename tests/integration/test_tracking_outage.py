@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from procs import MlflowServer  # tests/procs.py
+from procs import MlflowServer, wait_placement_groups_removed  # tests/procs.py
 from tiny import tiny_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -104,7 +104,9 @@ def test_a_search_that_stalls_then_loses_its_server_resumes_each_time(tmp_path, 
         assert {st for _, st, _ in stalled} == {"KILLED"} and "study" in {role for _, _, role in stalled}   # none RUNNING
         parent_id = next(r for r, _, role in stalled if role == "study")
 
-        # 2. the outage
+        # 2. the outage, once the holder's reservation is released (asynchronously, after its process died):
+        # a trial still waiting on it would meet the 10 s stall timeout again
+        wait_placement_groups_removed()
         log = tmp_path / "second.log"
         with open(log, "w") as f:
             job = subprocess.Popen(cmd, stdout=f, stderr=subprocess.PIPE, text=True, env=session_env, cwd=str(tmp_path),
@@ -128,6 +130,7 @@ def test_a_search_that_stalls_then_loses_its_server_resumes_each_time(tmp_path, 
         assert stopped_after < 120, f"the driver took {stopped_after:.0f} s to stop (bounded retries)"
 
         # 3. the resumed search
+        wait_placement_groups_removed()                    # the stopped driver's trial released its slot, as for a person rerunning
         t2 = time.monotonic()
         server.start()                                     # the same port and store
         t3 = time.monotonic()

@@ -156,6 +156,17 @@ def test_the_cli_and_loading_any_config_load_no_torch():
     assert got == []
 
 
+def test_the_shard_readers_load_no_torch():
+    """Every Ray Data read task of a fit unpickles ``bidpm.data.readers``: it decodes Parquet into numpy and
+    needs no torch, which would cost each new read-task process seconds of import on a CPU node."""
+    got = _fresh("""
+        import json, sys
+        import bidpm.data.readers
+        print(json.dumps(sorted({k.split(".")[0] for k in sys.modules} & {"torch", "mlflow"})))
+    """)
+    assert got == []
+
+
 FORK_EACH = """
 import importlib, json, os, sys
 

@@ -2,19 +2,20 @@
 the manifest (``manifest``) and the readers (``readers``: Ray Data for training, pyarrow for scoring).
 
 ``prepare_shards`` and ``read_split`` are looked up on first use (they import Ray; ``iter_split`` never
-does), so the pure modules stay importable without it.
+does), so the pure modules stay importable without it; ``rebuild_volume`` too (it resizes with torch), so
+the readers, which every Ray Data read task imports, load no torch.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .geometry import rebuild_volume
 from .manifest import DataError, load_manifest, verify_shards, volume_geometry
 from .normalise import denormalise, denormalise_ct, denormalise_mr, normalise
 from .pairing import pair_u, paired_flags
 
 _LAZY = {"prepare_shards"}
+_GEOMETRY = {"rebuild_volume"}
 _READERS = {"read_split", "iter_split", "TRAIN_COLUMNS", "READ_COLUMNS"}
 
 __all__ = [
@@ -29,6 +30,10 @@ def __getattr__(name: str) -> Any:
         from . import shards
 
         return getattr(shards, name)
+    if name in _GEOMETRY:
+        from . import geometry
+
+        return getattr(geometry, name)
     if name in _READERS:
         from . import readers
 
