@@ -74,6 +74,8 @@ def promotion_lock(client: MlflowClient, name: str, ttl_s: float = 120.0, wait_s
                 description=f"transient lease: a promotion of {name!r} is moving its aliases (bidpm.tracking.registry)")
             break
         except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                continue        # MLflow's SQL store reads the taken name back after the failed insert: released meanwhile
             if exc.error_code not in _EXISTS:
                 raise
         try:
