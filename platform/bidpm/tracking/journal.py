@@ -2,7 +2,8 @@
 
 A Tune callback that cannot reach the server journals the writes it still had to make (an epoch's
 metrics, a trial's tags, checkpoint and end) as JSON lines (``JOURNAL_FILE``, written atomically); the
-rerun replays them, oldest first, before any trial continues, so no record is lost and none doubled.
+rerun replays them, oldest first, before any trial continues, so no record is lost and none doubled
+(a metric the store committed before the outage cut its answer is not written twice: ``unwritten_metrics``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,20 @@ def apply_op(client: Any, op: dict[str, Any]) -> None:
         raise ValueError(f"unknown journal entry {op!r}")
 
 
+def unwritten_metrics(client: Any, run_id: str, metrics: dict[str, float], step: int) -> dict[str, float]:
+    """``metrics`` less those the run already holds at ``step`` with the same value.
+
+    Why: an outage can begin between the store's commit and the server's answer (a database stopped
+    mid-request, or the client's retry of a request that did commit), so a journaled batch may already be
+    written. Writing the same (key, step, value) again adds nothing but a second point, so the replay skips
+    it; a different value at that step is a different record and is written."""
+    kept = {}
+    for key, value in metrics.items():
+        if not any(m.step == step and m.value == float(value) for m in client.get_metric_history(run_id, key)):
+            kept[key] = value
+    return kept
+
+
 def read_journal(location: str) -> list[dict[str, Any]]:
     if not storage.is_file(location):
         return []
@@ -73,6 +88,8 @@ def replay_journal(client: Any, location: str, cfg: Any, print_fn=print) -> int:
     ops = read_journal(location)
     for i, op in enumerate(ops):
         try:
+            if op["op"] == "metrics":     # perhaps written already: only what the run does not hold
+                op = {**op, "metrics": unwritten_metrics(client, op["run"], op["metrics"], int(op["step"]))}
             apply_op(client, op)
         except Exception as exc:  # noqa: BLE001 - an outage again: keep the rest for the next rerun
             write_journal(location, ops[i:])

@@ -74,27 +74,34 @@ def promotion_lock(client: MlflowClient, name: str, ttl_s: float = 120.0, wait_s
                 description=f"transient lease: a promotion of {name!r} is moving its aliases (bidpm.tracking.registry)")
             break
         except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                continue        # MLflow's SQL store reads the taken name back after the failed insert: released meanwhile
-            if exc.error_code not in _EXISTS:
+            if exc.error_code not in _EXISTS + ("RESOURCE_DOES_NOT_EXIST",):
                 raise
-        try:
-            held = client.get_registered_model(lock).tags
-        except MlflowException:
-            continue                                            # released in between: try again at once
-        if time.time() > float(held.get("bidpm.lock.expires") or 0):
+            # RESOURCE_DOES_NOT_EXIST: MLflow's SQL store reads the taken name back after the failed insert,
+            # and the lease was released in between; the same for the read below. Either way: try again,
+            # the next poll at once, but never past the deadline (a lease taken and freed without end).
+            held = None if exc.error_code == "RESOURCE_DOES_NOT_EXIST" else _lease_tags(client, lock)
+        if held is not None and time.time() > float(held.get("bidpm.lock.expires") or 0):
             _release(client, lock, held.get("bidpm.lock.holder"))  # a killed promoter's lease
             continue
         if time.monotonic() > deadline:
             raise TrackingError(
-                f"registered model {name!r}: another promotion ({held.get('bidpm.lock.holder')}) holds the lease "
-                f"{lock!r} for more than {wait_s:.0f} s; retry later, or delete registered model {lock!r} if no "
-                "promotion is running")
-        time.sleep(poll_s)
+                f"registered model {name!r}: another promotion ({(held or {}).get('bidpm.lock.holder')}) "
+                f"holds the lease {lock!r} for more than {wait_s:.0f} s; retry later, or delete registered model "
+                f"{lock!r} if no promotion is running")
+        if held is not None:
+            time.sleep(poll_s)
     try:
         yield holder
     finally:
         _release(client, lock, holder)
+
+
+def _lease_tags(client: MlflowClient, lock: str) -> Optional[dict[str, str]]:
+    """The lease's holder and expiry tags; None when it was released since the failed create."""
+    try:
+        return dict(client.get_registered_model(lock).tags)
+    except MlflowException:
+        return None
 
 
 def _release(client: MlflowClient, lock: str, holder: Optional[str]) -> None:
