@@ -143,7 +143,8 @@ def test_a_study_on_the_manifests_postgresql_store_survives_a_database_outage(tm
         trial = next(r for r in runs if r.data.tags.get("bidpm.role") == "trial")
         assert trial.info.run_id == trial_run                                      # the same run, not a new one
         for key in metrics["metrics"]:                                             # each journaled metric once
-            assert [m.step for m in client.get_metric_history(trial_run, key)] == [metrics["step"]], key
+            hist = client.get_metric_history(trial_run, key)
+            assert [m.step for m in hist] == [metrics["step"]], (key, [(m.step, m.value, m.timestamp) for m in hist], journal)
         assert sorted((st, role) for _, st, role in _pg_runs(pg)) == [("FINISHED", "study"), ("FINISHED", "trial")]
 
         # the database password is the server's alone: in no output, file or record of the study

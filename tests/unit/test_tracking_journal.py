@@ -49,3 +49,18 @@ def test_a_different_value_at_a_logged_step_is_a_record_and_is_written(tmp_path)
     write_journal(journal, [{"op": "metrics", "run": run, "step": 3, "metrics": {"train/loss": 0.25}}])
     replay_journal(client, journal, None, lambda *_: None)
     assert _history(client, run, "train/loss") == [(3, 0.25), (3, 0.5)]
+
+
+def test_a_write_committed_after_its_replay_is_the_same_record(tmp_path):
+    """The server's first attempt commits only after the rerun replayed it (a request held while its
+    database was down): both carry the entry's own time, so the SQL store keeps one record."""
+    from bidpm.tracking.journal import apply_op
+
+    client, run = _client_and_run(tmp_path)
+    op = {"op": "metrics", "run": run, "step": 1, "timestamp_ms": 1_700_000_000_123, "metrics": {"epoch": 1.0}}
+    journal = str(tmp_path / "tracking_journal.jsonl")
+    write_journal(journal, [op])
+    replay_journal(client, journal, None, lambda *_: None)
+    apply_op(client, op)                                                    # the late commit of the first attempt
+    (m,) = client.get_metric_history(run, "epoch")
+    assert (m.step, m.value, m.timestamp) == (1, 1.0, 1_700_000_000_123)

@@ -12,6 +12,8 @@ MLflow, which logs local files only. No Ray here.
 from __future__ import annotations
 
 import contextlib
+import json
+import numbers
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -68,3 +70,43 @@ def state_sha256(checkpoint_dir: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+EPOCH_METRICS_FILE = "metrics.json"        # in each checkpoint_epoch_NNNN folder, beside the weights
+EPOCH_FOLDER = "checkpoint_epoch_"
+EPOCH_END_KEY = "epoch_end_ms"             # in rank 0's epoch result: when its checkpoint was made (ms)
+
+
+def write_epoch_metrics(folder: "str | Path", metrics: dict, time_ms: int) -> None:
+    """The epoch's reported numbers beside its weights, with when they were made.
+
+    Why: a driver killed after Ray Train registered an epoch's checkpoint but before its Tune callback
+    wrote the epoch to MLflow never sees that result again (the resumed run starts after it); the
+    resumed driver's callback reads the epoch from here instead (``read_epoch_metrics``). ``time_ms`` is
+    also the result's ``EPOCH_END_KEY``, and the MLflow record's time either way, so a run's history
+    (ordered by time) stays in epoch order whichever path wrote an epoch."""
+    folder = Path(folder)
+    values = {k: float(v) for k, v in metrics.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+    tmp = folder / (EPOCH_METRICS_FILE + ".tmp")
+    tmp.write_text(json.dumps({"time_ms": int(time_ms), "metrics": values}))
+    tmp.replace(folder / EPOCH_METRICS_FILE)
+
+
+def read_epoch_metrics(run: str) -> dict[int, tuple[int, dict]]:
+    """epoch -> (time in ms, metrics) for every checkpoint of Train run folder ``run`` (a local path or
+    URI) that holds them; {} when the run has none yet. A checkpoint still uploading (no metrics file, or
+    a partial one) is skipped: it is not registered either."""
+    try:
+        entries = storage.list_dir(run)
+    except FileNotFoundError:
+        return {}
+    out: dict[int, tuple[int, dict]] = {}
+    for e in entries:
+        if e.type != pafs.FileType.Directory or not e.base_name.startswith(EPOCH_FOLDER):
+            continue
+        try:
+            got = json.loads(storage.read_bytes(storage.join(run, e.base_name, EPOCH_METRICS_FILE)))
+            out[int(e.base_name[len(EPOCH_FOLDER):])] = (int(got["time_ms"]), dict(got["metrics"]))
+        except (OSError, ValueError, KeyError):     # not uploaded (whole) yet
+            continue
+    return out

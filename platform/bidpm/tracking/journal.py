@@ -3,7 +3,9 @@
 A Tune callback that cannot reach the server journals the writes it still had to make (an epoch's
 metrics, a trial's tags, checkpoint and end) as JSON lines (``JOURNAL_FILE``, written atomically); the
 rerun replays them, oldest first, before any trial continues, so no record is lost and none doubled
-(a metric the store committed before the outage cut its answer is not written twice: ``unwritten_metrics``).
+(a metric the store committed before the outage cut its answer, or commits late, is not written twice:
+each metrics entry keeps the time it was made, which with key, step and value is a SQL store's primary key,
+and ``unwritten_metrics`` skips what the run already holds).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def apply_op(client: Any, op: dict[str, Any]) -> None:
     """One tracking write, as the callback and the journal describe it."""
     kind, run_id = op["op"], op["run"]
     if kind == "metrics":
-        log_metrics(client, run_id, op["metrics"], int(op["step"]))
+        log_metrics(client, run_id, op["metrics"], int(op["step"]), op.get("timestamp_ms"))
     elif kind == "tag":
         client.set_tag(run_id, op["key"], op["value"])
     elif kind == "checkpoint":

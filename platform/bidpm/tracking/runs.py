@@ -35,11 +35,14 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> 
         client.log_batch(run_id, params=items[i:i + 100])
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
-    """Log numeric entries only (Tune results carry strings and dicts too)."""
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any], step: int,
+                timestamp_ms: Optional[int] = None) -> None:
+    """Log numeric entries only (Tune results carry strings and dicts too). ``timestamp_ms``: when the
+    record was made (a journaled write keeps its own, so that a SQL store, whose key is (key, timestamp,
+    step, value), takes a replay of a write it already committed as the same record); default now."""
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
+    now = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
     items = [
         Metric(k, float(v), now, int(step))
         for k, v in metrics.items()

@@ -39,6 +39,7 @@ from bidpm.config.metrics import SYNTHESIS_KEY
 from bidpm.method import Batch, build_method
 from bidpm.method.base import to_floats
 from bidpm.evaluation import Evaluation, FieldSampler, GridSpec, evaluate
+from bidpm.io.checkpoints import EPOCH_END_KEY, EPOCH_FOLDER, write_epoch_metrics
 from bidpm.model import EMA, build_velocity_field
 from bidpm.model import runtime
 from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, VAL, worker_batches
@@ -171,8 +172,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                             manifest_digest=manifest_digest, scaler=scaler)
             save_sample_grid(tmp, *shown, modalities=tuple(cfg.data.modalities))
             metrics.update(sampler.take() if sampler else {})
+            metrics[EPOCH_END_KEY] = int(time.time() * 1000)
+            write_epoch_metrics(tmp, metrics, metrics[EPOCH_END_KEY])     # what a killed driver's MLflow run lacks
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}", **upload_options(tc.checkpoint_upload))
+                             checkpoint_dir_name=f"{EPOCH_FOLDER}{epoch:04d}", **upload_options(tc.checkpoint_upload))
     if sampler:
         sampler.close()
 

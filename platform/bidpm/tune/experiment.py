@@ -19,6 +19,7 @@ from ..config import Config
 from ..data.manifest import manifest_digest
 from ..io import storage
 from ..tracking.journal import JOURNAL_FILE, replay_journal
+from .names import TRAIN_RUNS
 from .watchdog import StudyStalled
 
 __all__ = ["ExperimentFailed", "ExperimentInterrupted", "ExperimentRuns", "Preflight", "check_finished", "preflight"]
@@ -107,7 +108,8 @@ class ExperimentRuns:
 
     def callback(self, cls: type, base_cfg: Mapping[str, Any]) -> Any:
         """The runner's ``MLflowTrialCallback`` subclass ``cls`` writing under the parent run."""
-        return cls(dict(base_cfg), self.experiment_id, self.parent, self.tags, self.manifest, journal=self.journal)
+        return cls(dict(base_cfg), self.experiment_id, self.parent, self.tags, self.manifest, journal=self.journal,
+                   train_runs=storage.join(self.folder, TRAIN_RUNS))
 
     def sweep(self, default: str, by_trial: Mapping[str, str]) -> None:
         """End the child runs no callback ended (their driver was killed first): ``by_trial[trial id or

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import time
 from typing import Any, Iterator, Optional
 
 from ray.tune import Callback
@@ -20,9 +21,11 @@ from ray.tune import Callback
 from .. import tracking
 from ..config import Config, config_from_dict
 from ..data.manifest import manifest_digest
-from ..io.checkpoints import checkpoint_location
+from ..io import storage
+from ..io.checkpoints import EPOCH_END_KEY, checkpoint_location, read_epoch_metrics
 from ..objective import Objective
 from ..tracking.journal import append_journal, apply_op
+from .names import train_run_name
 
 __all__ = ["MLflowTrialCallback"]
 
@@ -39,13 +42,14 @@ class MLflowTrialCallback(Callback):
     A runner subclasses it to say which config a trial trains (``trial_cfg``)."""
 
     def __init__(self, base_cfg: dict[str, Any], experiment_id: str, parent_run_id: str, tags: dict[str, str],
-                 manifest: dict[str, Any], journal: Optional[str] = None) -> None:
+                 manifest: dict[str, Any], journal: Optional[str] = None, train_runs: Optional[str] = None) -> None:
         self.base_cfg = base_cfg
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.tags = tags
         self.manifest = {"content_digest": manifest_digest(manifest)}   # all log_dataset needs (small pickle)
         self.journal = journal                               # where an outage leaves what it could not write
+        self.train_runs = train_runs                         # the trials' Ray Train runs (their checkpoints)
         self.runs: dict[str, str] = {}                       # trial_id -> MLflow run id
         self.best: dict[str, tuple[float, Optional[str]]] = {}   # trial_id -> (objective, checkpoint path)
         # best epoch by Objective.best over the reported results in order (what the search table does too)
@@ -59,6 +63,7 @@ class MLflowTrialCallback(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("journal", None)                    # pickled before the journal existed
+        state.setdefault("train_runs", None)                 # ... or before epochs were read back from checkpoints
         self.__dict__.update(state)
         self._client = self._cfg = None
         self._logged = {}
@@ -137,14 +142,44 @@ class MLflowTrialCallback(Callback):
             # the epochs logged before; a resumed Train run may report one of them again
             self.client.update_run(run_id, status="RUNNING")
             self._logged[trial.trial_id] = {int(m.step) for m in self.client.get_metric_history(run_id, "epoch")}
+        self._submit(self._unlogged_epochs(trial, run_id), f"logging the earlier epochs of trial {trial.trial_id}")
+
+    def _unlogged_epochs(self, trial: Any, run_id: str, below: Optional[int] = None) -> list[dict[str, Any]]:
+        """The epochs (all, or those ``below``) the trial's Train run checkpointed that its MLflow run
+        lacks, read from the checkpoints' metrics files with the time each was made. Why: a result Ray
+        Train registered can miss this callback - the driver killed before it arrived (read when the
+        resumed trial starts), or a Train worker killed while the controller forwarded it (read when
+        the next epoch arrives with a gap before it) - and the run must hold every epoch once, in order."""
+        if not self.train_runs or trial.trial_id not in self._logged:     # history unread: nothing to compare
+            return []
+        logged = self._logged[trial.trial_id]
+        where = storage.join(self.train_runs, train_run_name(str(trial)))
+        try:
+            found = read_epoch_metrics(where)
+        except OSError as exc:            # the storage, not the tracking server: the run keeps what it has
+            print(f"warning: trial {trial.trial_id}: the epochs checkpointed in {where} not read back: {exc}", file=sys.stderr)
+            return []
+        ops = [{"op": "metrics", "run": run_id, "step": epoch, "timestamp_ms": made,
+                "metrics": _numeric({k: v for k, v in metrics.items() if "/" in k or k == "epoch"})}
+               for epoch, (made, metrics) in sorted(found.items())
+               if epoch not in logged and (below is None or epoch < below)]
+        logged.update(range(1, below) if below is not None else ())        # looked for once: never read again
+        logged.update(op["step"] for op in ops)
+        return ops
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self._run_id(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         ops: list[dict[str, Any]] = []
-        if step not in self._logged.get(trial.trial_id, ()):
-            ops.append({"op": "metrics", "run": run_id, "step": step,
+        logged = self._logged.get(trial.trial_id)
+        if "epoch" in result and logged is not None and not logged.issuperset(range(1, step)):
+            ops += self._unlogged_epochs(trial, run_id, below=step)          # an earlier epoch's result was lost
+        if step not in (logged or ()):
+            made = result.get(EPOCH_END_KEY) or time.time() * 1000      # the epoch's own time, as a backfill has it
+            ops.append({"op": "metrics", "run": run_id, "step": step, "timestamp_ms": int(made),
                         "metrics": _numeric({k: v for k, v in result.items() if "/" in k or k == "epoch"})})
+            if logged is not None and "epoch" in result:
+                logged.add(step)
         if isinstance(result.get("checkpoint_sha256"), str):         # the weights a study cell was scored with
             ops.append({"op": "tag", "run": run_id, "key": tracking.TAG_WEIGHTS, "value": result["checkpoint_sha256"]})
         if ops:
