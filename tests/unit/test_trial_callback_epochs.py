@@ -70,9 +70,14 @@ def test_a_resumed_trial_writes_the_epochs_its_killed_driver_did_not(tmp_path):
     assert hist[1].timestamp == made                             # when the epoch was made
     assert [m.step for m in client.get_metric_history(run_id, "epoch")] == [1, 2]
     assert "step" not in client.get_run(run_id).data.metrics                  # what a result would log, no more
-    resumed.on_trial_result(0, [], trial, {"epoch": 2, "val/ssim_mean": 0.5})  # Train reports it again: once
+    # its result comes after all: only what the checkpoint lacked (the controller's cost entries) is added
+    resumed.on_trial_result(0, [], trial, {"epoch": 2, "val/ssim_mean": 0.5, "cost/device_hours": 0.01, EPOCH_END_KEY: made})
+    (cost,) = client.get_metric_history(run_id, "cost/device_hours")
+    assert (cost.step, cost.value, cost.timestamp) == (2, 0.01, made)
+    resumed.on_trial_result(0, [], trial, {"epoch": 2, "val/ssim_mean": 0.5, "cost/device_hours": 0.01})  # again: nothing
     resumed.on_trial_result(0, [], trial, {"epoch": 3, "val/ssim_mean": 0.75})
     assert [m.step for m in client.get_metric_history(run_id, "val/ssim_mean")] == [1, 2, 3]
+    assert len(client.get_metric_history(run_id, "cost/device_hours")) == 1
 
     again = pickle.loads(pickle.dumps(resumed))                               # another restart: nothing new
     again.set_state(resumed.get_state())

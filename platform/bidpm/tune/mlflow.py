@@ -56,17 +56,18 @@ class MLflowTrialCallback(Callback):
         self._client: Any = None
         self._cfg: Any = None
         self._logged: dict[str, set[int]] = {}               # resumed trials: epochs their run already holds
+        self._from_checkpoint: dict[tuple[str, int], set[str]] = {}   # (trial, epoch) written from its checkpoint: keys
 
     # Tune pickles callbacks into the experiment state: keep the client and the parsed config out of it.
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_cfg", "_logged")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_cfg", "_logged", "_from_checkpoint")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("journal", None)                    # pickled before the journal existed
         state.setdefault("train_runs", None)                 # ... or before epochs were read back from checkpoints
         self.__dict__.update(state)
         self._client = self._cfg = None
-        self._logged = {}
+        self._logged, self._from_checkpoint = {}, {}
 
     def get_state(self) -> Optional[dict]:
         return {"runs": dict(self.runs), "best": dict(self.best)}
@@ -165,6 +166,7 @@ class MLflowTrialCallback(Callback):
                if epoch not in logged and (below is None or epoch < below)]
         logged.update(range(1, below) if below is not None else ())        # looked for once: never read again
         logged.update(op["step"] for op in ops)
+        self._from_checkpoint.update({(trial.trial_id, op["step"]): set(op["metrics"]) for op in ops})
         return ops
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -174,12 +176,18 @@ class MLflowTrialCallback(Callback):
         logged = self._logged.get(trial.trial_id)
         if "epoch" in result and logged is not None and not logged.issuperset(range(1, step)):
             ops += self._unlogged_epochs(trial, run_id, below=step)          # an earlier epoch's result was lost
+        made = result.get(EPOCH_END_KEY) or time.time() * 1000          # the epoch's own time, as a backfill has it
+        values = _numeric({k: v for k, v in result.items() if "/" in k or k == "epoch"})
         if step not in (logged or ()):
-            made = result.get(EPOCH_END_KEY) or time.time() * 1000      # the epoch's own time, as a backfill has it
-            ops.append({"op": "metrics", "run": run_id, "step": step, "timestamp_ms": int(made),
-                        "metrics": _numeric({k: v for k, v in result.items() if "/" in k or k == "epoch"})})
+            ops.append({"op": "metrics", "run": run_id, "step": step, "timestamp_ms": int(made), "metrics": values})
             if logged is not None and "epoch" in result:
                 logged.add(step)
+        elif (written := self._from_checkpoint.pop((trial.trial_id, step), None)) is not None:
+            # the epoch was written from its checkpoint, and its result came after all: what only the
+            # result holds (the controller's cost/* entries) is added to the same record time
+            rest = {k: v for k, v in values.items() if k not in written}
+            if rest:
+                ops.append({"op": "metrics", "run": run_id, "step": step, "timestamp_ms": int(made), "metrics": rest})
         if isinstance(result.get("checkpoint_sha256"), str):         # the weights a study cell was scored with
             ops.append({"op": "tag", "run": run_id, "key": tracking.TAG_WEIGHTS, "value": result["checkpoint_sha256"]})
         if ops:
