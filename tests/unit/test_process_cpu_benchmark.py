@@ -35,6 +35,9 @@ def test_a_spinning_child_is_measured_at_its_spin_time(bench):
     seen, wall, rc = bench.sample(cmd, every=0.05)
     assert rc == 0 and wall >= 1.0
     spinner = [cpu for k, cpu in seen.values() if "-c # spinner" in k]      # the child, not its parent
-    assert len(spinner) == 1 and 0.8 <= spinner[0] < 0.8 + 0.5, spinner     # its own CPU: the spin, not the sleep
+    # its own CPU: the spin, not the sleep. The kernel counts user and system time in clock ticks (10 ms),
+    # each truncated, while the child's process_time is exact: up to two ticks less is the same spin
+    # (a suite run measured 0.7999999999999999)
+    assert len(spinner) == 1 and 0.8 - 0.02 <= spinner[0] < 0.8 + 0.5, spinner
     text = bench.table(seen, wall, top=5)
     assert "spinner" in text and "cores busy on average" in text
