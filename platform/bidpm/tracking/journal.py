@@ -4,8 +4,9 @@ A Tune callback that cannot reach the server journals the writes it still had to
 metrics, a trial's tags, checkpoint and end) as JSON lines (``JOURNAL_FILE``, written atomically); the
 rerun replays them, oldest first, before any trial continues, so no record is lost and none doubled
 (a metric the store committed before the outage cut its answer, or commits late, is not written twice:
-each metrics entry keeps the time it was made, which with key, step and value is a SQL store's primary key,
-and ``unwritten_metrics`` skips what the run already holds).
+each metrics entry keeps the time it was made, which with key, step and value is a SQL store's primary
+key, so the store takes the replay as the record it has; an entry without that time, journaled before
+entries carried it, is checked against the run's history instead: ``unwritten_metrics``).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def apply_op(client: Any, op: dict[str, Any]) -> None:
 
 
 def unwritten_metrics(client: Any, run_id: str, metrics: dict[str, float], step: int) -> dict[str, float]:
-    """``metrics`` less those the run already holds at ``step`` with the same value.
+    """``metrics`` less those the run already holds at ``step`` with the same value: the replay of a
+    journal entry that carries no record time (journaled before entries kept one).
 
     Why: an outage can begin between the store's commit and the server's answer (a database stopped
     mid-request, or the client's retry of a request that did commit), so a journaled batch may already be
@@ -90,7 +92,7 @@ def replay_journal(client: Any, location: str, cfg: Any, print_fn=print) -> int:
     ops = read_journal(location)
     for i, op in enumerate(ops):
         try:
-            if op["op"] == "metrics":     # perhaps written already: only what the run does not hold
+            if op["op"] == "metrics" and op.get("timestamp_ms") is None:   # an entry of an older journal
                 op = {**op, "metrics": unwritten_metrics(client, op["run"], op["metrics"], int(op["step"]))}
             apply_op(client, op)
         except Exception as exc:  # noqa: BLE001 - an outage again: keep the rest for the next rerun

@@ -30,10 +30,16 @@ from .names import train_run_name
 __all__ = ["MLflowTrialCallback"]
 
 
-def _numeric(metrics: dict) -> dict[str, float]:
-    """What ``log_metrics`` keeps (finite numbers), as plain floats (journal lines are JSON)."""
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+def _recorded(metrics: dict) -> dict[str, float]:
+    """What a trial's run records of a result: its finite numbers named ``group/name`` and ``epoch``, as
+    plain floats (journal lines are JSON)."""
+    return {k: float(v) for k, v in metrics.items() if ("/" in k or k == "epoch")
+            and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+
+
+def _metrics_op(run_id: str, step: int, made_ms: float, values: dict[str, float]) -> dict[str, Any]:
+    """One metrics write, at the epoch's own time (``made_ms``), as ``apply_op`` and the journal take it."""
+    return {"op": "metrics", "run": run_id, "step": step, "timestamp_ms": int(made_ms), "metrics": values}
 
 
 class MLflowTrialCallback(Callback):
@@ -160,9 +166,7 @@ class MLflowTrialCallback(Callback):
         except OSError as exc:            # the storage, not the tracking server: the run keeps what it has
             print(f"warning: trial {trial.trial_id}: the epochs checkpointed in {where} not read back: {exc}", file=sys.stderr)
             return []
-        ops = [{"op": "metrics", "run": run_id, "step": epoch, "timestamp_ms": made,
-                "metrics": _numeric({k: v for k, v in metrics.items() if "/" in k or k == "epoch"})}
-               for epoch, (made, metrics) in sorted(found.items())
+        ops = [_metrics_op(run_id, epoch, made, _recorded(metrics)) for epoch, (made, metrics) in sorted(found.items())
                if epoch not in logged and (below is None or epoch < below)]
         logged.update(range(1, below) if below is not None else ())        # looked for once: never read again
         logged.update(op["step"] for op in ops)
@@ -177,9 +181,9 @@ class MLflowTrialCallback(Callback):
         if "epoch" in result and logged is not None and not logged.issuperset(range(1, step)):
             ops += self._unlogged_epochs(trial, run_id, below=step)          # an earlier epoch's result was lost
         made = result.get(EPOCH_END_KEY) or time.time() * 1000          # the epoch's own time, as a backfill has it
-        values = _numeric({k: v for k, v in result.items() if "/" in k or k == "epoch"})
+        values = _recorded(result)
         if step not in (logged or ()):
-            ops.append({"op": "metrics", "run": run_id, "step": step, "timestamp_ms": int(made), "metrics": values})
+            ops.append(_metrics_op(run_id, step, made, values))
             if logged is not None and "epoch" in result:
                 logged.add(step)
         elif (written := self._from_checkpoint.pop((trial.trial_id, step), None)) is not None:
@@ -187,7 +191,7 @@ class MLflowTrialCallback(Callback):
             # result holds (the controller's cost/* entries) is added to the same record time
             rest = {k: v for k, v in values.items() if k not in written}
             if rest:
-                ops.append({"op": "metrics", "run": run_id, "step": step, "timestamp_ms": int(made), "metrics": rest})
+                ops.append(_metrics_op(run_id, step, made, rest))
         if isinstance(result.get("checkpoint_sha256"), str):         # the weights a study cell was scored with
             ops.append({"op": "tag", "run": run_id, "key": tracking.TAG_WEIGHTS, "value": result["checkpoint_sha256"]})
         if ops:
