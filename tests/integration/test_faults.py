@@ -8,8 +8,8 @@
   while the tracking server is down (the rerun takes them over); a driver's leftovers are swept.
 - Fault 5 (slow): the checkpoint location stops taking writes mid-run: one line, and the rerun resumes.
 
-A worker group that cannot get its resources (the stall watchdog) is met, with a tracking outage, by
-the search of test_tracking_outage.py.
+A worker group that cannot get its resources (the stall watchdog) is met, with a tracking outage and a killed
+driver, by the search of test_search_resumes.py.
 """
 
 from __future__ import annotations
