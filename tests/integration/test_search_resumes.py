@@ -16,8 +16,8 @@ its exit code or its death is the point; the completion runs in this process):
    driver's parent run reused, one run per trial, every run FINISHED, every epoch recorded once;
 5. a search warm-started from the MLflow parent run, whose seeded trials are in its study but never run.
 
-One search for all of it (it was two, test_tracking_outage and test_pareto_search): the outage's resumed
-trial is the search's first trial, so no trial trains only to show a resume. The decision to stop at once
+One search for all of it: the outage's resumed trial is the search's first trial, so no trial trains only
+to show a resume. The decision to stop at once
 on an outage (not buffer): ``bidpm.tracking.store.TrackingUnavailable``."""
 
 from __future__ import annotations
