@@ -180,20 +180,3 @@ def test_baseline_resumes_a_stopped_run_without_redoing_epochs(make_cfg, val_ten
     assert table["train/loss"].iloc[-1] < 0.7 * table["train/loss"].iloc[0]
     assert m["val/ssim_mean"] > identity_ssim(val_tensors) + 0.05
 
-
-def test_grad_accum_steps_on_an_epochs_leftover_micro_batches(make_cfg):
-    """train.grad_accum that does not divide an epoch's micro-batches: the leftover ones make one
-    last, smaller optimizer step (an earlier version silently dropped them)."""
-    import math
-
-    from bidpm.data.readers import read_split
-    from bidpm.train import run_training
-
-    accum, batch = 5, 8
-    cfg = make_cfg("method.name=rf", "data.pairing_ratio=1.0", "train.run_name=rf-accum", "train.epochs=1",
-                   "train.max_steps_per_epoch=null", f"train.grad_accum={accum}", f"train.batch_size={batch}")
-    per_worker = read_split(cfg, "train").count() // cfg.train.num_workers  # streaming_split(equal=True)
-    micro = per_worker // batch  # full batches only
-    assert micro % accum, f"fixture change: {micro} micro-batches divide by {accum}; pick another grad_accum"
-    m = run_training(cfg, resume=False).metrics
-    assert m["train/steps"] == m["step"] == math.ceil(micro / accum)
