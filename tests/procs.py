@@ -101,15 +101,49 @@ def ray_head(prefix: str, *args: str, dashboard: bool = False, env: Optional[dic
 
 def wait_placement_groups_removed(timeout_s: float = 120.0) -> None:
     """Wait until every placement group of the connected cluster is removed: a failed or killed run's
-    workers are released asynchronously, and a person rerunning the command would wait for that too."""
+    workers are released asynchronously, and a person rerunning the command would wait for that too.
+    On timeout the message lists each group left (id, state, bundles, name) and, from Ray's state API, the
+    job and actor that created it and whether they are dead, so a leak names its owner."""
     from ray.util import placement_group_table
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if all(pg.get("state") == "REMOVED" for pg in placement_group_table().values()):
+        left = {k: v for k, v in placement_group_table().items() if v.get("state") != "REMOVED"}
+        if not left:
             return
         time.sleep(0.5)
-    raise AssertionError(f"placement groups of a finished run not removed within {timeout_s:.0f} s")
+    raise AssertionError(f"placement groups of a finished run not removed within {timeout_s:.0f} s: "
+                         f"{_describe_groups(left)}")
+
+
+def _describe_groups(left: dict[str, dict]) -> str:
+    """One line per placement group in ``left``: the table's fields plus its creator from the state API."""
+    owners: dict[str, dict] = {}
+    try:
+        from ray.util.state import list_placement_groups
+
+        for pg in list_placement_groups(detail=True, limit=1000, raise_on_missing_output=False):
+            d = pg if isinstance(pg, dict) else pg.__dict__
+            owners[d.get("placement_group_id", "")] = d
+    except Exception as exc:  # noqa: BLE001 - a diagnostic; the table alone still names the group
+        owners = {"": {"state_api_error": repr(exc)}}
+    jobs: dict[str, str] = {}
+    try:
+        import ray
+
+        jobs = {j["JobID"]: f"dead={j.get('IsDead')} driver_pid={j.get('DriverPid')} "
+                            f"entrypoint={j.get('Entrypoint', '')[:80]!r}" for j in ray._private.state.jobs()}
+    except Exception:  # noqa: BLE001
+        pass
+    lines = []
+    for pid, pg in left.items():
+        o = owners.get(pid, {})
+        lines.append(f"{pid} state={pg.get('state')} name={pg.get('name')!r} bundles={pg.get('bundles')} "
+                     f"creator_job={o.get('creator_job_id')} ({jobs.get(o.get('creator_job_id'), '?')}) creator_actor={o.get('creator_actor_id')} "
+                     f"detached={o.get('is_detached')} stats={pg.get('stats')}")
+    if "" in owners:
+        lines.append(str(owners[""]))
+    return "; ".join(lines)
 
 
 def settled(read: Callable[[], Any], quiet_s: float = 2.0, timeout_s: float = 60.0) -> Any:

@@ -6,7 +6,9 @@
   line on stderr, no traceback, before Ray starts (seconds), no MLflow run left RUNNING.
 - Fault 8: every exit of a study after its MLflow runs are open ends them (FAILED / KILLED), but not
   while the tracking server is down (the rerun takes them over); a driver's leftovers are swept.
-- Fault 5 (slow): the checkpoint location stops taking writes mid-run: one line, and the rerun resumes.
+
+The checkpoint location that stops taking writes mid-run (fault 5: one line, and the rerun resumes) is met
+by the bf16 run of test_precision_train.py, through the train job.
 
 A worker group that cannot get its resources (the stall watchdog) is met, with a tracking outage and a killed
 driver, by the search of test_search_resumes.py.
@@ -196,34 +198,3 @@ def test_the_journal_of_an_outage_is_written_once_by_the_next_driver(tmp_path, m
     r = client.get_run(run)
     assert r.info.status == "FINISHED" and r.data.tags["bidpm.best_objective"] == "0.5"
     assert [m.step for m in client.get_metric_history(run, "val/ssim_mean")] == [1]
-
-
-# --- fault 5: the checkpoint location stops taking writes mid-run ------------------------------------
-@pytest.mark.slow
-def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_rerun_resumes(tmp_path, ray_session):
-    """Epoch 2's checkpoint folder is taken by a regular file (what a full or read-only location is for
-    the copy into storage, and real for root too): the train job stops with one line naming the location,
-    epoch 1's checkpoint stays the latest complete one, nothing partial is used, and the same command
-    resumes from it once the location is fixed."""
-    from bidpm.commands.train import main
-    from bidpm.data.manifest import DataError
-    from bidpm.train.checkpoint import load_checkpoint
-
-    cfg = tmp_path / "train.yaml"
-    cfg.write_text(yaml.safe_dump({**TINY, "output_dir": str(tmp_path / "out"),
-                                   "train": {**TINY["train"], "epochs": 2, "max_failures": 0, "run_name": "ckpt"}}))
-    run = tmp_path / "out" / "ray_results" / "ckpt"
-    run.mkdir(parents=True)
-    (run / "checkpoint_epoch_0002").write_text("not a folder")
-    with pytest.raises(DataError) as e:
-        main(["--config", str(cfg)])
-    msg = str(e.value)
-    print(f"train job: error: {msg}")
-    assert "\n" not in msg and f"train.storage_path {tmp_path / 'out' / 'ray_results'}" in msg and "rerun" in msg, msg
-    assert load_checkpoint(run / "checkpoint_epoch_0001")["epoch"] == 1          # the last complete checkpoint
-    assert not list(run.rglob("*.tmp"))
-
-    (run / "checkpoint_epoch_0002").unlink()
-    assert main(["--config", str(cfg)]) == 0
-    state = load_checkpoint(run / "checkpoint_epoch_0002")
-    assert state["epoch"] == 2 and state["step"] == 2                            # epoch 1 was not trained again

@@ -1,17 +1,27 @@
-"""A bf16 Ray Train run on CPU (issue 24): autocast now runs on any device, so the mixed-precision branch of
-the worker loop (autocast, the disabled GradScaler, MMD and SSIM under autocast, bf16 validation) runs in CI.
+"""A bf16 Ray Train run on CPU whose checkpoint location stops taking writes, then resumes (issue 24).
 
-One worker, a 16 px phantom and a tiny UNet: one fit of 2 epochs whose loss falls, then the same command
-with ``train.epochs=3``, which resumes from the epoch-2 checkpoint. fp16's GradScaler state in checkpoints
-and its restore are held by tests/unit/test_precision.py (the same ``save_checkpoint``/``restore_state``
-the loop calls; a second Ray run for it would double this test's ~16 s worker start-up).
+autocast runs on any device, so the mixed-precision branch of the worker loop (autocast, the disabled
+GradScaler, MMD and SSIM under autocast, bf16 validation) runs in CI. One worker, a 16 px phantom, a tiny
+UNet and the opt-in background checkpoint upload: one fit of 2 epochs whose loss falls; then the train job
+with ``train.epochs=3`` while epoch 3's checkpoint folder is taken by a regular file (what a full or
+read-only location is for the copy into storage, and real for root too): the background upload fails the
+run, the job stops with one line naming the location, epoch 2's checkpoint stays the latest complete one,
+nothing partial is left and the run's placement group leaves the shared cluster; once the file is gone the
+same command resumes from epoch 2 and exits 0.
+fp16's GradScaler state in checkpoints and its restore are held by tests/unit/test_precision.py (the same
+``save_checkpoint``/``restore_state`` the loop calls).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
 
 import pytest
+
+from procs import wait_placement_groups_removed  # tests/procs.py
 
 pytestmark = [pytest.mark.integration]
 
@@ -31,8 +41,16 @@ BASE = [
 ]
 
 
-def test_bf16_run_on_cpu_learns_and_resumes_from_its_checkpoint(ray_session, tmp_path):
+def _registered(run: Path) -> dict[int, dict]:
+    """epoch -> metrics of each checkpoint Ray Train's controller registered for ``run`` (its snapshot file)."""
+    snap = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    return {c["metrics"]["epoch"]: c["metrics"] for c in snap["checkpoint_results"]}
+
+
+def test_bf16_run_learns_stops_on_an_unwritable_checkpoint_in_one_line_and_resumes(ray_session, tmp_path, capsys):
+    from bidpm.commands.train import main
     from bidpm.config import load_config
+    from bidpm.data.manifest import DataError
     from bidpm.train import run_training
     from bidpm.train.checkpoint import load_checkpoint
 
@@ -50,10 +68,29 @@ def test_bf16_run_on_cpu_learns_and_resumes_from_its_checkpoint(ray_session, tmp
     state = load_checkpoint(first.checkpoint)
     assert state["config"]["train"]["precision"] == "bf16" and state["scaler"] is None   # bf16: no loss scaling
 
-    resumed = run_training(load_config(None, BASE + [f"output_dir={tmp_path}", "train.epochs=3"]), resume=True)
-    m = resumed.metrics
-    assert (m["epoch"], m["step"], m["resumed_from_step"]) == (3, 3 * STEPS, 2 * STEPS)   # epochs 1-2 not redone
-    table = resumed.metrics_dataframe.sort_values("epoch")
-    assert table["epoch"].tolist() == [1, 2, 3] and table["resumed_from_step"].tolist() == [0, 0, 2 * STEPS]
+    # the train job, one epoch more, while epoch 3's checkpoint cannot be written
+    job = BASE + [f"output_dir={tmp_path}", "train.epochs=3", "train.max_failures=0"]   # no restarts against a location that fails
+    run = tmp_path / "ray_results" / "bf16-cpu"
+    (run / "checkpoint_epoch_0003").write_text("not a folder")
+    with pytest.raises(DataError) as e:
+        main(job)
+    msg = str(e.value)
+    print(f"train job: error: {msg}")
+    assert "\n" not in msg and f"train.storage_path {tmp_path / 'ray_results'}" in msg and "rerun" in msg, msg
+    assert load_checkpoint(run / "checkpoint_epoch_0002")["epoch"] == 2          # the last complete checkpoint
+    assert sorted(_registered(run)) == [1, 2] and not list(run.rglob("*.tmp"))
+    wait_placement_groups_removed()   # the failed run gave its worker's slot back to the shared cluster
+
+    (run / "checkpoint_epoch_0003").unlink()
+    capsys.readouterr()
+    assert main(job) == 0                                                         # the same command, location fixed
+    printed = capsys.readouterr().out
+    m = json.loads(re.search(r"^\{$.*?^\}$", printed, re.M | re.S).group(0))   # the job's final metrics
+    assert (m["epoch"], m["step"]) == (3, 3 * STEPS)
+    assert f"latest checkpoint: {run / 'checkpoint_epoch_0003'}" in printed
+    reg = _registered(run)                                                        # epochs 1-2 not redone
+    assert sorted(reg) == [1, 2, 3] and [reg[e]["resumed_from_step"] for e in (1, 2, 3)] == [0, 0, 2 * STEPS]
+    state = load_checkpoint(run / "checkpoint_epoch_0003")
+    assert (state["epoch"], state["step"]) == (3, 3 * STEPS)
     assert math.isfinite(m["train/loss"]) and m["train/loss"] < losses[0]
     assert math.isfinite(m["val/ssim_mean"]) and 0 < m["val/ssim_mean"] <= 1
