@@ -101,3 +101,35 @@ def test_an_epoch_result_lost_in_a_worker_restart_is_written_before_the_next(tmp
     hist = client.get_metric_history(cb.runs[trial.trial_id], "val/ssim_mean")
     assert [(m.step, m.value) for m in hist] == [(1, 0.25), (2, 0.5), (3, 0.75), (4, 0.8)]
     assert [m.timestamp for m in hist] == [made[e] for e in (1, 2, 3, 4)]    # each epoch at its own time
+
+
+def test_a_cells_scores_reported_after_a_restore_reach_its_run_once(tmp_path):
+    """A study cell's last result is its scores (no ``epoch``; step = Tune's iteration count, which starts
+    again in a restored trial). Driver 1 trained epoch 1 and stopped before its result was logged; driver 2
+    wrote epoch 1 from its checkpoint and was killed while scoring; driver 3's restored trial reports the
+    scores at iteration 1, epoch 1's step: they reach the run (they were dropped as a repeat of epoch 1, so
+    the cell's run had no test scores and no cost). Driver 4 reports them again (read from the cell's file):
+    nothing is written twice."""
+    client, first, run = _setup(tmp_path)
+    trial = _Trial()
+    first.on_trial_start(0, [], trial)
+    made = _epoch(run, 1, 0.25)                       # registered; the driver stopped before its result
+
+    def restored(cb):
+        nxt = pickle.loads(pickle.dumps(cb))          # as Tune restores it into the next driver
+        nxt.set_state(cb.get_state())
+        nxt.on_trial_start(0, [], trial)
+        return nxt
+
+    second = restored(first)                          # writes epoch 1 from the checkpoint; killed while scoring
+    run_id = first.runs[trial.trial_id]
+    assert [m.step for m in client.get_metric_history(run_id, "epoch")] == [1]
+    third = restored(second)
+    scores = {"test/fwd_ssim_mean": 0.4, "cost/device_hours": 0.02, "cell_done": 1, "training_iteration": 1}
+    third.on_trial_result(0, [], trial, dict(scores))
+    got = client.get_run(run_id).data.metrics
+    assert got["test/fwd_ssim_mean"] == 0.4 and got["cost/device_hours"] == 0.02, sorted(got)
+    assert [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, "val/ssim_mean")] == [(1, 0.25, made)]
+    restored(third).on_trial_result(0, [], trial, dict(scores))          # driver 4: the same scores again
+    for key in ("test/fwd_ssim_mean", "cost/device_hours", "epoch", "val/ssim_mean"):
+        assert len(client.get_metric_history(run_id, key)) == 1, key

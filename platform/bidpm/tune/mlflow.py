@@ -192,6 +192,16 @@ class MLflowTrialCallback(Callback):
             rest = {k: v for k, v in values.items() if k not in written}
             if rest:
                 ops.append(_metrics_op(run_id, step, made, rest))
+        elif "epoch" not in result:
+            # not an epoch's result (a study cell's scores) at the step of an epoch the run holds: a restored
+            # trial counts its iterations from 0 again, so its scores can land on epoch 1's step. What the run
+            # holds no value of is added there; what it holds is not written twice (scores re-reported by a
+            # later driver, or cost/* an epoch already carried, whose value then stays the epoch's)
+            with self._guard(f"reading the run of trial {trial.trial_id}"):
+                have = set(self.client.get_run(run_id).data.metrics)
+            rest = {k: v for k, v in values.items() if k not in have}
+            if rest:
+                ops.append(_metrics_op(run_id, step, made, rest))
         if isinstance(result.get("checkpoint_sha256"), str):         # the weights a study cell was scored with
             ops.append({"op": "tag", "run": run_id, "key": tracking.TAG_WEIGHTS, "value": result["checkpoint_sha256"]})
         if ops:
