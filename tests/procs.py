@@ -139,7 +139,8 @@ def _describe_groups(left: dict[str, dict]) -> str:
     for pid, pg in left.items():
         o = owners.get(pid, {})
         lines.append(f"{pid} state={pg.get('state')} name={pg.get('name')!r} bundles={pg.get('bundles')} "
-                     f"creator_job={o.get('creator_job_id')} ({jobs.get(o.get('creator_job_id'), '?')}) creator_actor={o.get('creator_actor_id')} "
+                     f"creator_job={o.get('creator_job_id')} ({jobs.get(o.get('creator_job_id'), '?')}) "
+                     f"creator_actor={o.get('creator_actor_id')} "
                      f"detached={o.get('is_detached')} stats={pg.get('stats')}")
     if "" in owners:
         lines.append(str(owners[""]))

@@ -186,20 +186,16 @@ class MLflowTrialCallback(Callback):
             ops.append(_metrics_op(run_id, step, made, values))
             if logged is not None and "epoch" in result:
                 logged.add(step)
-        elif (written := self._from_checkpoint.pop((trial.trial_id, step), None)) is not None:
-            # the epoch was written from its checkpoint, and its result came after all: what only the
-            # result holds (the controller's cost/* entries) is added to the same record time
+        elif (written := self._from_checkpoint.pop((trial.trial_id, step), None)) is not None or "epoch" not in result:
+            # the step is one the run holds. Its epoch was written from its checkpoint and its result came after
+            # all: what only the result holds (the controller's cost/* entries) is added at the same record time.
+            # Or it is not an epoch's result (a study cell's scores): a restored trial counts its iterations from
+            # 0 again, so its scores can land on epoch 1's step; what the run holds no value of is added there,
+            # nothing twice (scores re-reported by a later driver; cost/* an epoch carried keeps the epoch's value)
+            if written is None:
+                with self._guard(f"reading the run of trial {trial.trial_id}"):
+                    written = set(self.client.get_run(run_id).data.metrics)
             rest = {k: v for k, v in values.items() if k not in written}
-            if rest:
-                ops.append(_metrics_op(run_id, step, made, rest))
-        elif "epoch" not in result:
-            # not an epoch's result (a study cell's scores) at the step of an epoch the run holds: a restored
-            # trial counts its iterations from 0 again, so its scores can land on epoch 1's step. What the run
-            # holds no value of is added there; what it holds is not written twice (scores re-reported by a
-            # later driver, or cost/* an epoch already carried, whose value then stays the epoch's)
-            with self._guard(f"reading the run of trial {trial.trial_id}"):
-                have = set(self.client.get_run(run_id).data.metrics)
-            rest = {k: v for k, v in values.items() if k not in have}
             if rest:
                 ops.append(_metrics_op(run_id, step, made, rest))
         if isinstance(result.get("checkpoint_sha256"), str):         # the weights a study cell was scored with
