@@ -7,7 +7,7 @@ with ``train.epochs=3`` while epoch 3's checkpoint folder is taken by a regular 
 read-only location is for the copy into storage, and real for root too): the background upload fails the
 run, the job stops with one line naming the location, epoch 2's checkpoint stays the latest complete one,
 nothing partial is left and the run's placement group leaves the shared cluster; once the file is gone the
-same command resumes from epoch 2 and exits 0.
+same command resumes from epoch 2, removes the failed upload's local folder and exits 0.
 fp16's GradScaler state in checkpoints and its restore are held by tests/unit/test_precision.py (the same
 ``save_checkpoint``/``restore_state`` the loop calls).
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,7 @@ def test_bf16_run_learns_stops_on_an_unwritable_checkpoint_in_one_line_and_resum
     from bidpm.data.manifest import DataError
     from bidpm.train import run_training
     from bidpm.train.checkpoint import load_checkpoint
+    from bidpm.train.upload import folder_owner
 
     cfg = load_config(None, BASE + [f"output_dir={tmp_path}", "train.epochs=2"])
     first = run_training(cfg, resume=False)
@@ -80,6 +82,10 @@ def test_bf16_run_learns_stops_on_an_unwritable_checkpoint_in_one_line_and_resum
     assert load_checkpoint(run / "checkpoint_epoch_0002")["epoch"] == 2          # the last complete checkpoint
     assert sorted(_registered(run)) == [1, 2] and not list(run.rglob("*.tmp"))
     wait_placement_groups_removed()   # the failed run gave its worker's slot back to the shared cluster
+    # the local folder of the upload that failed: Ray keeps it; the run's next attempt removes it
+    owner = folder_owner(str(run), 0)
+    (left,) = Path(tempfile.gettempdir()).glob(f"bidpm-upload-{owner}-*")
+    assert json.loads((left / "metrics.json").read_text())["metrics"]["epoch"] == 3
 
     (run / "checkpoint_epoch_0003").unlink()
     capsys.readouterr()
@@ -88,6 +94,7 @@ def test_bf16_run_learns_stops_on_an_unwritable_checkpoint_in_one_line_and_resum
     m = json.loads(re.search(r"^\{$.*?^\}$", printed, re.M | re.S).group(0))   # the job's final metrics
     assert (m["epoch"], m["step"]) == (3, 3 * STEPS)
     assert f"latest checkpoint: {run / 'checkpoint_epoch_0003'}" in printed
+    assert not left.exists() and not list(Path(tempfile.gettempdir()).glob(f"bidpm-upload-{owner}-*"))
     reg = _registered(run)                                                        # epochs 1-2 not redone
     assert sorted(reg) == [1, 2, 3] and [reg[e]["resumed_from_step"] for e in (1, 2, 3)] == [0, 0, 2 * STEPS]
     state = load_checkpoint(run / "checkpoint_epoch_0003")

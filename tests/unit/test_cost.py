@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import psutil
@@ -120,18 +121,38 @@ def test_checkpoint_folder_async_leaves_it_to_ray(tmp_path):
 
     from bidpm.train.upload import checkpoint_folder, upload_options
 
-    with checkpoint_folder("async") as a:
+    root = str(tmp_path)
+    with checkpoint_folder("async", "o-r0", root) as a:
         pass
-    with checkpoint_folder("sync") as s:
+    with checkpoint_folder("sync", "o-r0", root) as s:
         pass
     with pytest.raises(RuntimeError):
-        with checkpoint_folder("async") as failed:
+        with checkpoint_folder("async", "o-r0", root) as failed:
             raise RuntimeError("validation failed")
     assert os.path.isdir(a) and not os.path.exists(s) and not os.path.exists(failed)
-    os.rmdir(a)
+    assert os.path.dirname(a) == root and os.path.basename(a).startswith("bidpm-upload-o-r0-")
     assert upload_options("async") == {"checkpoint_upload_mode": CheckpointUploadMode.ASYNC,
                                        "delete_local_checkpoint_after_upload": True}
     assert upload_options("sync")["checkpoint_upload_mode"] == CheckpointUploadMode.SYNC
+
+
+def test_an_attempt_removes_its_runs_leftover_folders_only(tmp_path):
+    """What a failed background upload or a killed worker left is removed when the run's next attempt starts
+    on that node; another run's (also one of the same name elsewhere) and another rank's stay."""
+    from bidpm.train.upload import checkpoint_folder, folder_owner, remove_leftovers
+
+    root = str(tmp_path)
+    mine, same_name, rank1 = folder_owner("/a/ray/run", 0), folder_owner("/b/ray/run", 0), folder_owner("/a/ray/run", 1)
+    assert len({mine, same_name, rank1}) == 3
+    left = []
+    for owner in (mine, mine, same_name, rank1):
+        with checkpoint_folder("async", owner, root) as folder:    # async: nobody deletes it here
+            (Path(folder) / "state.pt").write_bytes(b"w")
+            left.append(folder)
+    (tmp_path / "bidpm-ckpt-download").mkdir()                      # a download's folder (io/checkpoints.py)
+    assert sorted(remove_leftovers(mine, root)) == sorted(left[:2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(left[2]).name, Path(left[3]).name, "bidpm-ckpt-download"])
+    assert remove_leftovers(mine, root) == []
 
 
 def test_system_sampler_uses_mlflows_names_and_measures_this_node():

@@ -46,7 +46,7 @@ from bidpm.train.batches import ALL_PAIRED, PAIRED, UNPAIRED, UNPAIRED_TARGETS, 
 from bidpm.train.checkpoint import check_resumable, load_checkpoint, restore_state, save_checkpoint
 from bidpm.train.samples import save_sample_grid
 from bidpm.train.system import system_sampler
-from bidpm.train.upload import checkpoint_folder, upload_options
+from bidpm.train.upload import checkpoint_folder, remove_leftovers, upload_options, worker_owner
 from bidpm.train.step import apply_gradients, average_partial_group, flag_last
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -79,6 +79,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         check_resumable(state, cfg, manifest_digest)
         opt_state, step, done_epochs = restore_state(state, model, ema, scaler)
     resumed_from_step = step
+    owner = worker_owner(ctx)             # names this run's local checkpoint folders
+    if rank == 0:
+        remove_leftovers(owner)          # a failed upload's or a killed attempt's (train/upload.py)
 
     # 4. speed switches, DDP, optimizer (built on the prepared model's parameters) ----------------
     channels_last = runtime.resolve(tc.channels_last, device)
@@ -161,7 +164,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank != 0:
             ray.train.report(metrics)
             continue
-        with checkpoint_folder(tc.checkpoint_upload) as tmp:  # async: Ray deletes it once uploaded (train/upload.py)
+        with checkpoint_folder(tc.checkpoint_upload, owner) as tmp:  # async: Ray deletes it once uploaded (train/upload.py)
             val_rows = ray.train.get_dataset_shard(VAL).iter_torch_batches(batch_size=tc.batch_size, dtypes=torch.float32)
             scores = validate(val_net, cfg, val_rows, device)
             metrics.update(scores.summary())

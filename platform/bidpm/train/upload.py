@@ -12,22 +12,56 @@ The folder must outlive ``report`` in ASYNC mode: a ``TemporaryDirectory`` would
 copy. ``delete_local_checkpoint_after_upload`` (default True for ASYNC) makes Ray delete it once uploaded,
 so ASYNC writes into ``mkdtemp`` and leaves the deletion to Ray; SYNC deletes it here after ``report``.
 A folder whose epoch failed before ``report`` is deleted here in both modes.
+
+What nobody deletes: a folder whose background upload failed (Ray fails the run and keeps the folder)
+and the folder of a worker killed mid-epoch. So every folder is named after its run and rank
+(``folder_owner``: a hash of the run's storage location, so two runs sharing a name do not meet), and
+rank 0 removes that owner's leftovers on this node when an attempt starts (``remove_leftovers``). No
+upload of the run can still be pending then: Ray Train starts a worker group only after the last one
+ended, and a rerun only after its driver's job ended. Leftovers of runs never resumed stay in the temp dir.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["checkpoint_folder", "upload_options"]
+__all__ = ["checkpoint_folder", "folder_owner", "remove_leftovers", "upload_options", "worker_owner"]
+
+PREFIX = "bidpm-upload-"
+
+
+def folder_owner(run_path: str, rank: int) -> str:
+    """The part of a checkpoint folder's name that says whose it is: run (by storage location) and rank."""
+    return f"{hashlib.sha256(run_path.encode()).hexdigest()[:16]}-r{rank}"
+
+
+def worker_owner(ctx: Any) -> str:
+    """``folder_owner`` of this Ray Train worker (``ray.train.get_context()``): its run's storage location
+    (``experiment_fs_path``, a DeveloperAPI), or the run's name where there is none (Train's local mode)."""
+    try:
+        run_path = ctx.get_storage().experiment_fs_path
+    except NotImplementedError:
+        run_path = ctx.get_experiment_name()
+    return folder_owner(run_path, ctx.get_world_rank())
+
+
+def remove_leftovers(owner: str, root: str | None = None) -> list[str]:
+    """Delete the checkpoint folders ``owner`` left in ``root`` (the temp dir) by an earlier attempt; their names."""
+    gone = sorted(str(p) for p in Path(root or tempfile.gettempdir()).glob(f"{PREFIX}{owner}-*") if p.is_dir())
+    for path in gone:
+        shutil.rmtree(path, ignore_errors=True)
+    return gone
 
 
 @contextlib.contextmanager
-def checkpoint_folder(mode: str) -> Iterator[str]:
+def checkpoint_folder(mode: str, owner: str, root: str | None = None) -> Iterator[str]:
     """A fresh local folder for one checkpoint; removed on exit unless Ray owns it (``mode == "async"``)."""
-    tmp = tempfile.mkdtemp(prefix="bidpm-ckpt-")
+    tmp = tempfile.mkdtemp(prefix=f"{PREFIX}{owner}-", dir=root)
     try:
         yield tmp
     except BaseException:
