@@ -210,6 +210,23 @@ def test_an_outage_wrapped_by_tune_is_still_an_outage():
         assert outage_in(ctrl_c) is None
 
 
+@pytest.mark.parametrize("error, says", [
+    ("API request to http://h:5000/api/2.0/mlflow/runs/log-batch failed with error code 503 != 200", "start its database"),
+    # seen in clean-clone run M: the server worker was still retrying the stopped PostgreSQL when the client gave up
+    ("API request to http://h:5000/api/2.0/mlflow/runs/log-batch failed with exception HTTPConnectionPool(host='h', "
+     "port=5000): Max retries exceeded (Caused by ReadTimeoutError(\"Read timed out. (read timeout=20)\"))",
+     "did not answer within tracking.http_timeout_s=20 s"),
+    ("API request to http://h:5000/api/2.0/mlflow/runs/log-batch failed with exception HTTPConnectionPool(host='h', "
+     "port=5000): Max retries exceeded (Caused by NewConnectionError('Connection refused'))", "start the server again"),
+])
+def test_an_outage_says_what_to_start_by_how_the_request_failed(error, says):
+    from bidpm.tracking import unavailable
+
+    msg = str(unavailable(load_config(None, ["tracking.http_timeout_s=20"]), RuntimeError(error), "logging metrics"))
+    assert says in msg and "\n" not in msg and sum(w in msg for w in ("start its database", "did not answer",
+                                                                    "start the server again")) == 1, msg
+
+
 # --- the command-line front ---------------------------------------------------------------------
 def _run(main, capsys):
     from bidpm.cli import run_main

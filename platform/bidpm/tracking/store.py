@@ -51,9 +51,16 @@ def bound_retries(cfg: Config) -> None:
 def unavailable(cfg: Config, exc: BaseException, doing: str) -> TrackingUnavailable:
     """The error to raise when a tracking call failed mid-job: what failed, where, and what is kept."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    # `mlflow server` answers 503 while its backend store (PostgreSQL, ...) is down: the server is up
-    what = "start its database (the server answers 503: its backend store is unreachable)" if "503" in first else \
-        "start the server again"
+    # `mlflow server` answers 503 while its backend store (PostgreSQL, ...) is down: the server is up. A
+    # worker that has to (re)create its SQLAlchemy engine first retries the database for up to ~100 s
+    # (mlflow.store.db.utils: 10 tries, exponential back-off), so a 503 can come after the client gave up
+    if "503" in first:
+        what = "start its database (the server answers 503: its backend store is unreachable)"
+    elif "timed out" in first.lower() or "timeout" in first.lower():
+        what = (f"the server did not answer within tracking.http_timeout_s={cfg.tracking.http_timeout_s} s: check "
+                f"that it and its database are up (a server whose database is down can take ~100 s to answer 503)")
+    else:
+        what = "start the server again"
     return TrackingUnavailable(
         f"the MLflow tracking server {cfg.mlflow_uri} stopped answering while {doing} ({first}); the study was stopped "
         f"at once so no record is lost (finished trials and checkpoints are kept, the MLflow runs are resumed by the "
