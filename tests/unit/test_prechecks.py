@@ -220,9 +220,16 @@ def test_an_outage_wrapped_by_tune_is_still_an_outage():
      "port=5000): Max retries exceeded (Caused by NewConnectionError('Connection refused'))", "start the server again"),
 ])
 def test_an_outage_says_what_to_start_by_how_the_request_failed(error, says):
+    """Run O: the server's 503 reached the callback as a RestException and the driver exited 1, not 75."""
     from bidpm.tracking import unavailable
 
     msg = str(unavailable(load_config(None, ["tracking.http_timeout_s=20"]), RuntimeError(error), "logging metrics"))
+    from mlflow.exceptions import RestException
+
+    from bidpm.tracking.store import is_outage
+
+    down = RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "(psycopg.OperationalError) refused"})
+    assert is_outage(down) and "start its database" in str(unavailable(load_config(None, []), down, "logging"))
     assert says in msg and "\n" not in msg and sum(w in msg for w in ("start its database", "did not answer",
                                                                     "start the server again")) == 1, msg
 

@@ -54,7 +54,7 @@ def unavailable(cfg: Config, exc: BaseException, doing: str) -> TrackingUnavaila
     # `mlflow server` answers 503 while its backend store (PostgreSQL, ...) is down: the server is up. A
     # worker that has to (re)create its SQLAlchemy engine first retries the database for up to ~100 s
     # (mlflow.store.db.utils: 10 tries, exponential back-off), so a 503 can come after the client gave up
-    if "503" in first:
+    if "503" in first or "TEMPORARILY_UNAVAILABLE" in first:
         what = "start its database (the server answers 503: its backend store is unreachable)"
     elif "timed out" in first.lower() or "timeout" in first.lower():
         what = (f"the server did not answer within tracking.http_timeout_s={cfg.tracking.http_timeout_s} s: check "
@@ -100,7 +100,9 @@ def is_outage(exc: BaseException) -> bool:
         text = str(exc)
         # rest_utils: "API request to <url> failed with exception <requests error>" (after the retries);
         # "... failed with error code 503 != 200" for a proxy in front of a stopped server
-        return "failed with exception" in text or any(f"error code {c}" in text for c in (502, 503, 504))
+        # the server's own 503 while its database is down arrives as a RestException TEMPORARILY_UNAVAILABLE
+        return exc.error_code == "TEMPORARILY_UNAVAILABLE" or "failed with exception" in text or \
+            any(f"error code {c}" in text for c in (502, 503, 504))
     return False
 
 
